@@ -1,0 +1,347 @@
+"""Recurrent cells: each one a NamedTuple of pure functions made by a factory.
+
+A cell knows one timestep of the recurrence and nothing else.  Every cell has
+
+* ``init(key, input_size, dtype=float32) -> params`` -- a dict of arrays named
+  as in the lecture: ``W`` (input_size x G*H), ``W_h`` (H x G*H), ``b`` (G*H),
+  where G is the number of gates (1 for linear/Elman, 4 for the LSTM, 3 for
+  the GRU).  The GRU also has ``b_h`` (G*H), its recurrent bias.
+* ``initial_carry(batch_shape, dtype=float32) -> carry`` -- zeros.
+* ``project(params, xs) -> xs_proj`` -- the input projection ``x W + b`` for
+  every timestep at once: ``xs: [..., D] -> [..., G*H]``.  It has no time
+  dependency, so :func:`jrnn.unroll` computes it as one large matmul outside
+  the sequential loop.
+* ``step(params, carry, x_proj) -> (carry, h)`` -- one timestep, with
+  ``jax.lax.scan``'s own signature (``x_proj: [B, G*H]``, ``h: [B, H]``).
+* ``hidden(carry) -> h`` -- the hidden state held in a carry (the LSTM's carry
+  also holds the memory cell ``c``).
+
+Arrays use the row-vector convention ``x @ W``: ``W`` is ``weight_ih.T`` of
+PyTorch and ``W_h`` is ``weight_hh.T``.  Gate blocks are laid out in
+PyTorch's order, so weights move between jrnn and ``torch.nn.RNN`` / ``LSTM``
+/ ``GRU`` by transposing (and, for RNN and LSTM, adding PyTorch's two biases).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict
+Carry = Any
+
+__all__ = [
+    "Cell",
+    "LSTMCarry",
+    "linear",
+    "elman",
+    "lstm",
+    "gru",
+    "make_cell",
+    "ACTIVATIONS",
+    "CELL_KINDS",
+]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: static sizes plus pure functions (see module doc)."""
+
+    kind: str
+    hidden_size: int
+    num_gates: int
+    init: Callable[..., Params]
+    initial_carry: Callable[..., Carry]
+    project: Callable[[Params, Array], Array]
+    step: Callable[[Params, Carry, Array], tuple]
+    hidden: Callable[[Carry], Array]
+
+
+class LSTMCarry(NamedTuple):
+    """The LSTM's carry: hidden state ``h`` and memory cell ``c``, both ``[B, H]``."""
+
+    h: Array
+    c: Array
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "identity": lambda z: z,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+}
+
+CELL_KINDS = ("linear", "elman", "lstm", "gru")
+
+
+def _check_hidden_size(hidden_size: int) -> int:
+    if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
+        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+    return hidden_size
+
+
+def _check_input_size(input_size: int) -> int:
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size <= 0:
+        raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+    return input_size
+
+
+def _resolve_activation(activation: Union[str, Callable]) -> tuple[str, Callable]:
+    if callable(activation):
+        return getattr(activation, "__name__", "custom"), activation
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of "
+            f"{sorted(ACTIVATIONS)} or a callable"
+        )
+    return activation, ACTIVATIONS[activation]
+
+
+def _uniform_init(num_gates: int, hidden_size: int, init_scale, with_b_h: bool):
+    """PyTorch's default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    scale = 1.0 / hidden_size**0.5 if init_scale is None else float(init_scale)
+    gh = num_gates * hidden_size
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        _check_input_size(input_size)
+        names_shapes = [
+            ("W", (input_size, gh)),
+            ("W_h", (hidden_size, gh)),
+            ("b", (gh,)),
+        ]
+        if with_b_h:
+            names_shapes.append(("b_h", (gh,)))
+        keys = jax.random.split(key, len(names_shapes))
+        return {
+            name: jax.random.uniform(k, shape, dtype, -scale, scale)
+            for k, (name, shape) in zip(keys, names_shapes)
+        }
+
+    return init
+
+
+def _zeros_carry(hidden_size: int):
+    def initial_carry(batch_shape: Union[int, Sequence[int]] = (), dtype=jnp.float32) -> Array:
+        if isinstance(batch_shape, int):
+            batch_shape = (batch_shape,)
+        return jnp.zeros((*batch_shape, hidden_size), dtype)
+
+    return initial_carry
+
+
+def _project(params: Params, xs: Array) -> Array:
+    # One matmul for all timesteps: [..., D] @ [D, G*H] + [G*H].
+    return xs @ params["W"] + params["b"]
+
+
+def _identity_hidden(carry: Array) -> Array:
+    return carry
+
+
+def elman(
+    hidden_size: int,
+    activation: Union[str, Callable[[Array], Array]] = "tanh",
+    *,
+    init_scale: float | None = None,
+) -> Cell:
+    r"""Elman RNN cell: the lecture's recurrence followed by an activation.
+
+    .. math::
+        h_t = \sigma(W x_t + W_h h_{t-1} + b)
+
+    with :math:`\sigma` one of ``"tanh"``, ``"sigmoid"``, ``"relu"``,
+    ``"identity"`` or any callable.  Shapes: ``W: [D, H]``, ``W_h: [H, H]``,
+    ``b: [H]``, carry ``h: [B, H]``.  PyTorch ``nn.RNN`` (tanh/relu):
+    ``W = weight_ih_l0.T``, ``W_h = weight_hh_l0.T``, ``b = bias_ih_l0 + bias_hh_l0``.
+
+    Args:
+      hidden_size: H.
+      activation: name or callable applied elementwise.
+      init_scale: weights start ~ U(-s, s); ``None`` means s = 1/sqrt(H), as PyTorch.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.elman(8)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((5, 2, 3)))
+      >>> hs.shape, carry.shape
+      ((5, 2, 8), (2, 8))
+    """
+    _check_hidden_size(hidden_size)
+    name, act = _resolve_activation(activation)
+
+    def step(params: Params, h: Array, x_proj: Array):
+        h = act(x_proj + h @ params["W_h"])
+        return h, h
+
+    return Cell(
+        kind=f"elman[{name}]",
+        hidden_size=hidden_size,
+        num_gates=1,
+        init=_uniform_init(1, hidden_size, init_scale, with_b_h=False),
+        initial_carry=_zeros_carry(hidden_size),
+        project=_project,
+        step=step,
+        hidden=_identity_hidden,
+    )
+
+
+def linear(hidden_size: int, *, init_scale: float | None = None) -> Cell:
+    r"""The lecture's linear recurrence, with no activation.
+
+    .. math::
+        h_t = W x_t + W_h h_{t-1} + b
+
+    Because nothing squashes it, ``h_T`` is a sum of powers of ``W_h`` applied
+    to the inputs: it vanishes or explodes with the spectral radius of ``W_h``.
+    Shapes as in :func:`elman`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.linear(4)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=2)
+      >>> jrnn.unroll(cell, params, jnp.zeros((3, 1, 2)))[1].shape
+      (3, 1, 4)
+    """
+    cell = elman(hidden_size, "identity", init_scale=init_scale)
+    return cell._replace(kind="linear")
+
+
+def lstm(
+    hidden_size: int,
+    *,
+    forget_bias: float = 0.0,
+    init_scale: float | None = None,
+) -> Cell:
+    r"""Long short-term memory cell, gate order (i, f, g, o) as in PyTorch.
+
+    With ``z = W x_t + b + W_h h_{t-1}`` split into four ``[B, H]`` blocks:
+
+    .. math::
+        i = \sigma(z_i),\ f = \sigma(z_f),\ g = \tanh(z_g),\ o = \sigma(z_o) \\
+        c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh(c_t)
+
+    Shapes: ``W: [D, 4H]``, ``W_h: [H, 4H]``, ``b: [4H]``; the carry is
+    :class:`LSTMCarry` ``(h, c)``.  ``forget_bias`` is added to the forget
+    slice ``b[H:2H]`` at initialization only; the step is exactly PyTorch's,
+    so ``torch.nn.LSTM`` weights load as ``W = weight_ih.T``,
+    ``W_h = weight_hh.T``, ``b = bias_ih + bias_hh``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.lstm(6, forget_bias=1.0)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((4, 2, 3)))
+      >>> hs.shape, carry.c.shape
+      ((4, 2, 6), (2, 6))
+    """
+    _check_hidden_size(hidden_size)
+    H = hidden_size
+    base_init = _uniform_init(4, H, init_scale, with_b_h=False)
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        params = base_init(key, input_size, dtype)
+        if forget_bias:
+            params["b"] = params["b"].at[H : 2 * H].add(forget_bias)
+        return params
+
+    def initial_carry(batch_shape=(), dtype=jnp.float32) -> LSTMCarry:
+        zeros = _zeros_carry(H)(batch_shape, dtype)
+        return LSTMCarry(zeros, zeros)
+
+    def step(params: Params, carry: LSTMCarry, x_proj: Array):
+        h, c = carry
+        z = x_proj + h @ params["W_h"]
+        i = jax.nn.sigmoid(z[..., 0 * H : 1 * H])
+        f = jax.nn.sigmoid(z[..., 1 * H : 2 * H])
+        g = jnp.tanh(z[..., 2 * H : 3 * H])
+        o = jax.nn.sigmoid(z[..., 3 * H : 4 * H])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return LSTMCarry(h, c), h
+
+    return Cell(
+        kind="lstm",
+        hidden_size=H,
+        num_gates=4,
+        init=init,
+        initial_carry=initial_carry,
+        project=_project,
+        step=step,
+        hidden=lambda carry: carry.h,
+    )
+
+
+def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
+    r"""Gated recurrent unit, gate order (r, z, n) as in PyTorch.
+
+    With ``a = W x_t + b`` and ``u = W_h h_{t-1} + b_h``, each split into
+    three ``[B, H]`` blocks (r, z, n):
+
+    .. math::
+        r = \sigma(a_r + u_r),\quad z = \sigma(a_z + u_z),\quad
+        n = \tanh(a_n + r \odot u_n) \\
+        h_t = (1 - z) \odot n + z \odot h_{t-1}
+
+    The reset gate multiplies the recurrent product *after* it is taken
+    (PyTorch/cuDNN's variant), which is why the recurrent bias ``b_h`` is kept
+    apart.  Shapes: ``W: [D, 3H]``, ``W_h: [H, 3H]``, ``b, b_h: [3H]``.
+    ``torch.nn.GRU``: ``W = weight_ih.T``, ``W_h = weight_hh.T``,
+    ``b = bias_ih``, ``b_h = bias_hh``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.gru(5)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=2)
+      >>> sorted(params)
+      ['W', 'W_h', 'b', 'b_h']
+    """
+    _check_hidden_size(hidden_size)
+    H = hidden_size
+
+    def step(params: Params, h: Array, x_proj: Array):
+        u = h @ params["W_h"] + params["b_h"]
+        r = jax.nn.sigmoid(x_proj[..., :H] + u[..., :H])
+        z = jax.nn.sigmoid(x_proj[..., H : 2 * H] + u[..., H : 2 * H])
+        n = jnp.tanh(x_proj[..., 2 * H :] + r * u[..., 2 * H :])
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    return Cell(
+        kind="gru",
+        hidden_size=H,
+        num_gates=3,
+        init=_uniform_init(3, H, init_scale, with_b_h=True),
+        initial_carry=_zeros_carry(H),
+        project=_project,
+        step=step,
+        hidden=_identity_hidden,
+    )
+
+
+def make_cell(
+    kind: str,
+    hidden_size: int,
+    *,
+    activation: Union[str, Callable] = "tanh",
+    forget_bias: float = 0.0,
+    init_scale: float | None = None,
+) -> Cell:
+    """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"`` or ``"gru"``.
+
+    Example:
+      >>> import jrnn
+      >>> jrnn.make_cell("elman", 4, activation="relu").kind
+      'elman[relu]'
+    """
+    if kind == "linear":
+        return linear(hidden_size, init_scale=init_scale)
+    if kind == "elman":
+        return elman(hidden_size, activation, init_scale=init_scale)
+    if kind == "lstm":
+        return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale)
+    if kind == "gru":
+        return gru(hidden_size, init_scale=init_scale)
+    raise ValueError(f"unknown cell kind {kind!r}; expected one of {list(CELL_KINDS)}")

@@ -1,0 +1,257 @@
+"""The same math as explicit Python loops in NumPy float64 -- what the tests trust.
+
+Nothing here uses JAX or autodiff.  The forward functions loop over
+sequences and timesteps one at a time; the backward functions are
+backpropagation through time written out by hand, in the lecture's picture:
+walking from the last timestep to the first, each timestep's hidden gradient
+is what comes from its own output plus what comes back from the next
+timestep (``dh = dh_out[t] + dh_next``).
+
+Parameters use jrnn's layout (``W``, ``W_h``, ``b`` and, for the GRU,
+``b_h``; row vectors, ``x @ W``).  ``kind`` is ``"linear"``, ``"elman"``,
+``"lstm"`` or ``"gru"``; Elman cells take ``activation`` in
+``identity/tanh/sigmoid/relu``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "cell_forward",
+    "cell_backward",
+    "lm_forward",
+    "lm_loss",
+    "lm_grads",
+]
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# Each activation with its derivative written in terms of its *output* y.
+_ACT = {
+    "identity": (lambda z: z, lambda y: np.ones_like(y)),
+    "tanh": (np.tanh, lambda y: 1.0 - y**2),
+    "sigmoid": (sigmoid, lambda y: y * (1.0 - y)),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda y: (y > 0).astype(y.dtype)),
+}
+
+
+def _f64(params):
+    return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+def _activation(kind, activation):
+    return _ACT["identity" if kind == "linear" else activation]
+
+
+def _step(kind, p, x, h, c, act):
+    """One timestep for one sequence or a batch. Returns (h, c, cache)."""
+    if kind in ("linear", "elman"):
+        h_new = act(x @ p["W"] + h @ p["W_h"] + p["b"])
+        return h_new, None, None
+    H = p["W_h"].shape[0]
+    if kind == "lstm":
+        z = x @ p["W"] + h @ p["W_h"] + p["b"]
+        i, f = sigmoid(z[..., :H]), sigmoid(z[..., H : 2 * H])
+        g, o = np.tanh(z[..., 2 * H : 3 * H]), sigmoid(z[..., 3 * H :])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return h_new, c_new, (i, f, g, o, c_new)
+    if kind == "gru":
+        a = x @ p["W"] + p["b"]
+        u = h @ p["W_h"] + p["b_h"]
+        r = sigmoid(a[..., :H] + u[..., :H])
+        z = sigmoid(a[..., H : 2 * H] + u[..., H : 2 * H])
+        n = np.tanh(a[..., 2 * H :] + r * u[..., 2 * H :])
+        h_new = (1.0 - z) * n + z * h
+        return h_new, None, (r, z, n, u)
+    raise ValueError(f"unknown cell kind {kind!r}")
+
+
+def cell_forward(kind, params, xs, h0=None, c0=None, *, activation="tanh",
+                 lengths=None, reverse=False):
+    """Run one cell over ``xs: [T, B, D]``, one sequence and one step at a time.
+
+    Sequence ``b`` runs over its first ``lengths[b]`` steps (from the last of
+    them back to the first when ``reverse``); other steps output zeros.
+
+    Returns ``(hs [T, B, H], h_final [B, H], c_final [B, H] or None)``.
+    """
+    p = _f64(params)
+    xs = np.asarray(xs, np.float64)
+    T, B, _ = xs.shape
+    H = p["W_h"].shape[0]
+    act = _activation(kind, activation)[0]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    hs = np.zeros((T, B, H))
+    h_final, c_final = np.zeros((B, H)), np.zeros((B, H))
+    for b in range(B):
+        h = np.zeros(H) if h0 is None else np.asarray(h0, np.float64)[b]
+        c = np.zeros(H) if c0 is None else np.asarray(c0, np.float64)[b]
+        order = range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])
+        for t in order:
+            h, c_next, _ = _step(kind, p, xs[t, b], h, c, act)
+            c = c if c_next is None else c_next
+            hs[t, b] = h
+        h_final[b], c_final[b] = h, c
+    return hs, h_final, (c_final if kind == "lstm" else None)
+
+
+def _forward_cached(kind, p, xs, act):
+    """Batched forward over all T steps, keeping what the backward pass needs."""
+    T, B, _ = xs.shape
+    H = p["W_h"].shape[0]
+    h, c = np.zeros((B, H)), np.zeros((B, H))
+    hs, cs, caches = [h], [c], []
+    for t in range(T):
+        h, c_next, cache = _step(kind, p, xs[t], h, c, act)
+        c = c if c_next is None else c_next
+        hs.append(h)
+        cs.append(c)
+        caches.append(cache)
+    return hs, cs, caches  # hs[t + 1] is the state after step t; hs[0] = h0
+
+
+def cell_backward(kind, params, xs, dhs, *, activation="tanh"):
+    """Hand-written BPTT for one cell started from zeros.
+
+    Args:
+      xs: ``[T, B, D]`` inputs; ``dhs: [T, B, H]`` gradient of the loss with
+        respect to each output ``h_t`` (from the output layer or the layer above).
+
+    Returns ``(grads, dxs)``: gradients for every parameter and ``dxs [T, B, D]``.
+    """
+    p = _f64(params)
+    xs = np.asarray(xs, np.float64)
+    act, dact = _activation(kind, activation)
+    hs, cs, caches = _forward_cached(kind, p, xs, act)
+    T, B, _ = xs.shape
+    H = p["W_h"].shape[0]
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    dxs = np.zeros_like(xs)
+    dh_next = np.zeros((B, H))  # gradient arriving from timestep t + 1
+    dc_next = np.zeros((B, H))  # LSTM: gradient arriving through the memory cell
+    for t in reversed(range(T)):
+        dh = dhs[t] + dh_next  # its own output + the future, as in the lecture
+        x, h_prev = xs[t], hs[t]
+        if kind in ("linear", "elman"):
+            dz = dh * dact(hs[t + 1])
+            grads["W"] += x.T @ dz
+            grads["W_h"] += h_prev.T @ dz
+            grads["b"] += dz.sum(0)
+            dxs[t] = dz @ p["W"].T
+            dh_next = dz @ p["W_h"].T
+        elif kind == "lstm":
+            i, f, g, o, c = caches[t]
+            tc = np.tanh(c)
+            do = dh * tc
+            dc = dh * o * (1.0 - tc**2) + dc_next
+            di, df, dg = dc * g, dc * cs[t], dc * i
+            dz = np.concatenate(
+                [di * i * (1 - i), df * f * (1 - f), dg * (1 - g**2), do * o * (1 - o)], axis=-1
+            )
+            grads["W"] += x.T @ dz
+            grads["W_h"] += h_prev.T @ dz
+            grads["b"] += dz.sum(0)
+            dxs[t] = dz @ p["W"].T
+            dh_next = dz @ p["W_h"].T
+            dc_next = dc * f
+        elif kind == "gru":
+            r, z, n, u = caches[t]
+            dn = dh * (1.0 - z)
+            dz_ = dh * (h_prev - n)
+            dn_pre = dn * (1.0 - n**2)
+            dr = dn_pre * u[:, 2 * H :]
+            dr_pre, dz_pre = dr * r * (1 - r), dz_ * z * (1 - z)
+            da = np.concatenate([dr_pre, dz_pre, dn_pre], axis=-1)  # d(x W + b)
+            du = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=-1)  # d(h W_h + b_h)
+            grads["W"] += x.T @ da
+            grads["b"] += da.sum(0)
+            grads["W_h"] += h_prev.T @ du
+            grads["b_h"] += du.sum(0)
+            dxs[t] = da @ p["W"].T
+            dh_next = dh * z + du @ p["W_h"].T
+        else:
+            raise ValueError(f"unknown cell kind {kind!r}")
+    return grads, dxs
+
+
+def _log_softmax(logits):
+    m = logits.max(-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+def _out_weights(params):
+    out = params["out"]
+    W = np.asarray(params["embed"], np.float64).T if "W" not in out else np.asarray(out["W"], np.float64)
+    return W, np.asarray(out["b"], np.float64)
+
+
+def lm_forward(kind, params, inputs, *, activation="tanh"):
+    """RNN LM forward for ``inputs: int[B, T]`` (zero initial state, no dropout).
+
+    Returns ``(logits [B, T, V], per-layer inputs [T, B, *], last hidden states [T, B, H])``.
+    """
+    inputs = np.asarray(inputs)
+    E = np.asarray(params["embed"], np.float64)
+    xs = E[inputs.T]  # [T, B, E]
+    layer_inputs = []
+    for p in params["layers"]:
+        layer_inputs.append(xs)
+        xs, _, _ = cell_forward(kind, p, xs, activation=activation)
+    W_out, b_out = _out_weights(params)
+    logits = np.swapaxes(xs, 0, 1) @ W_out + b_out
+    return logits, layer_inputs, xs
+
+
+def lm_loss(kind, params, inputs, targets, *, activation="tanh"):
+    """Cross-entropy per timestep summed over time and batch, and the ``[B, T]`` losses."""
+    logits, _, _ = lm_forward(kind, params, inputs, activation=activation)
+    logp = _log_softmax(logits)
+    targets = np.asarray(targets)
+    B, T = targets.shape
+    losses = np.zeros((B, T))
+    for b in range(B):
+        for t in range(T):
+            losses[b, t] = -logp[b, t, targets[b, t]]
+    return losses.sum(), losses
+
+
+def lm_grads(kind, params, inputs, targets, *, activation="tanh"):
+    """Gradient of :func:`lm_loss` for every parameter, by hand.
+
+    Softmax + cross-entropy gives ``dlogits = softmax - onehot`` at each
+    timestep; the output layer sends ``dlogits @ W_out.T`` to each hidden
+    state; each layer runs its BPTT and passes ``dxs`` to the layer below;
+    the embedding rows collect the first layer's ``dxs``.
+    """
+    inputs, targets = np.asarray(inputs), np.asarray(targets)
+    logits, layer_inputs, top = lm_forward(kind, params, inputs, activation=activation)
+    dlogits = np.exp(_log_softmax(logits))
+    B, T = targets.shape
+    for b in range(B):
+        for t in range(T):
+            dlogits[b, t, targets[b, t]] -= 1.0
+    W_out, _ = _out_weights(params)
+    E = np.asarray(params["embed"], np.float64)
+    grads = {"embed": np.zeros_like(E), "out": {"b": dlogits.sum((0, 1))}}
+    h_top = np.swapaxes(top, 0, 1)  # [B, T, H]
+    dW_out = np.einsum("bth,btv->hv", h_top, dlogits)
+    if "W" in params["out"]:
+        grads["out"]["W"] = dW_out
+    else:  # tied: the output weights are embed.T
+        grads["embed"] += dW_out.T
+    dhs = np.swapaxes(dlogits @ W_out.T, 0, 1)  # [T, B, H]
+    layer_grads = [None] * len(params["layers"])
+    for l in reversed(range(len(params["layers"]))):
+        layer_grads[l], dhs = cell_backward(
+            kind, params["layers"][l], layer_inputs[l], dhs, activation=activation
+        )
+    grads["layers"] = layer_grads
+    for t in range(T):
+        for b in range(B):
+            grads["embed"][inputs[b, t]] += dhs[t, b]
+    return grads

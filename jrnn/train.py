@@ -1,0 +1,143 @@
+"""Jitted training and evaluation steps: BPTT by ``jax.grad``, clipping, optax."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jrnn.lm import LanguageModel, sequence_loss
+
+Array = jax.Array
+
+__all__ = [
+    "TrainState", "init_train_state", "make_train_step", "make_eval_step", "all_finite",
+    "global_norm",
+]
+
+
+class TrainState(NamedTuple):
+    """Everything a training run updates: params, optimizer state, step, PRNG key."""
+
+    params: Any
+    opt_state: Any
+    step: Array
+    key: Array
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
+    """Start a run: ``optimizer.init(params)``, step 0, and the dropout key."""
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+
+
+def all_finite(tree) -> Array:
+    """True when every leaf of ``tree`` is finite (a scalar bool array)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def global_norm(tree) -> Array:
+    """sqrt of the sum of squares of every entry of every leaf (the norm clipping uses)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def make_train_step(
+    model: LanguageModel,
+    optimizer: optax.GradientTransformation,
+    *,
+    clip_norm: Optional[float] = None,
+    batch_mean: bool = True,
+    skip_nonfinite: bool = False,
+    donate: bool = True,
+    jit: bool = True,
+) -> Callable:
+    """Build ``step(state, inputs, targets, carry=None, mask=None) -> (state, carry, metrics)``.
+
+    One step of truncated BPTT on a window ``inputs, targets: int[B, T]``:
+    the loss is :func:`~jrnn.lm.sequence_loss` (summed over time, averaged
+    over the batch when ``batch_mean``), its gradient comes from ``jax.grad``
+    through the scan, the gradient's global norm is clipped to ``clip_norm``
+    and ``optimizer`` applies the update.  The returned carry feeds the next
+    window with its gradient stopped, so backpropagation is truncated at the
+    window boundary.
+
+    ``metrics``: ``loss`` (the objective), ``token_nll`` (mean per-token
+    cross-entropy; ``exp`` of it is perplexity), ``num_tokens``,
+    ``grad_norm`` (global norm *before* clipping), ``finite`` (loss and every
+    gradient finite) and ``skipped`` (the update was dropped because of a
+    non-finite value; only with ``skip_nonfinite``).
+
+    The step is ``jax.jit``-compiled with the state and carry buffers donated
+    (the old ones must not be used after the call).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jrnn
+      >>> model = jrnn.rnn_lm(20, embed_size=8, hidden_size=8, num_layers=1)
+      >>> opt = optax.sgd(0.5)
+      >>> state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
+      >>> step = jrnn.make_train_step(model, opt, clip_norm=5.0)
+      >>> x = jnp.arange(12).reshape(2, 6) % 20
+      >>> state, carry, m = step(state, x, (x + 1) % 20)
+      >>> sorted(m)
+      ['finite', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
+    """
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+    clipper = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
+    use_dropout = getattr(model.config, "dropout", 0.0) > 0
+
+    def loss_fn(params, inputs, targets, carry, mask, key):
+        return sequence_loss(
+            model, params, inputs, targets, carry, mask=mask, batch_mean=batch_mean,
+            key=key if use_dropout else None,
+        )
+
+    def step(state: TrainState, inputs, targets, carry=None, mask=None):
+        key, dropout_key = jax.random.split(state.key)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, inputs, targets, carry, mask, dropout_key
+        )
+        grad_norm = global_norm(grads)
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        if clipper is not None:
+            grads, _ = clipper.update(grads, optax.EmptyState())
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        skipped = jnp.zeros((), bool)
+        if skip_nonfinite:
+            skipped = ~finite
+            keep_old = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree_util.tree_map(keep_old, params, state.params)
+            opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
+        num = jnp.maximum(aux.num_tokens, 1)
+        metrics = {
+            "loss": loss,
+            "token_nll": jnp.sum(aux.losses) / num,
+            "num_tokens": aux.num_tokens,
+            "grad_norm": grad_norm,
+            "finite": finite,
+            "skipped": skipped,
+        }
+        new_state = TrainState(params, opt_state, state.step + 1, key)
+        # Truncated BPTT: the next window starts from this carry, not through it.
+        return new_state, jax.lax.stop_gradient(aux.carry), metrics
+
+    if not jit:
+        return step
+    return jax.jit(step, donate_argnums=(0, 3) if donate else ())
+
+
+def make_eval_step(model: LanguageModel, *, jit: bool = True) -> Callable:
+    """Build ``eval_step(params, inputs, targets, carry=None, mask=None) -> (nll_sum, num_tokens, carry)``.
+
+    Summing ``nll_sum`` and ``num_tokens`` over the windows of a text gives
+    its perplexity ``exp(nll_sum / num_tokens)``.  No dropout.
+    """
+
+    def eval_step(params, inputs, targets, carry=None, mask=None):
+        loss, aux = sequence_loss(model, params, inputs, targets, carry, mask=mask)
+        return loss, aux.num_tokens, aux.carry
+
+    return jax.jit(eval_step) if jit else eval_step
