@@ -248,8 +248,9 @@ def lstm(
         return params
 
     def initial_carry(batch_shape=(), dtype=jnp.float32) -> LSTMCarry:
-        zeros = _zeros_carry(H)(batch_shape, dtype)
-        return LSTMCarry(zeros, zeros)
+        zeros = _zeros_carry(H)
+        # Two distinct buffers: a shared one could not be donated twice.
+        return LSTMCarry(zeros(batch_shape, dtype), zeros(batch_shape, dtype))
 
     def step(params: Params, carry: LSTMCarry, x_proj: Array):
         h, c = carry

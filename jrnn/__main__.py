@@ -1,0 +1,7 @@
+"""``python -m jrnn`` is the ``jrnn`` command."""
+
+import sys
+
+from jrnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""Epoch-level training and evaluation over a token stream (truncated BPTT).
+
+The pieces the command line strings together, usable from Python too: an
+optimizer whose learning rate lives in its state (so it is checkpointed), the
+Zaremba et al. learning-rate schedule, one epoch of windows with the carry
+passed from window to window, and perplexity over a whole split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jrnn.data import batchify, bptt_windows, num_windows
+from jrnn.lm import LanguageModel
+from jrnn.train import TrainState, make_eval_step
+
+__all__ = [
+    "make_optimizer",
+    "set_learning_rate",
+    "get_learning_rate",
+    "zaremba_lr",
+    "EpochStats",
+    "train_epoch",
+    "evaluate",
+]
+
+
+def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """``sgd``, ``adam`` or ``adamw`` with the learning rate injected into the state."""
+    makers = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}
+    if name not in makers:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(makers)}")
+    return optax.inject_hyperparams(makers[name])(learning_rate=learning_rate)
+
+
+def set_learning_rate(state: TrainState, lr: float) -> TrainState:
+    hp = dict(state.opt_state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lr, jnp.asarray(hp["learning_rate"]).dtype)
+    return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+def get_learning_rate(state: TrainState) -> float:
+    return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def zaremba_lr(base_lr: float, decay: float, decay_start: int, epoch: int) -> float:
+    """Zaremba et al.'s schedule: ``base_lr`` for ``decay_start`` epochs, then times ``decay`` per epoch.
+
+    ``epoch`` counts from 0.
+    """
+    return base_lr * decay ** max(epoch + 1 - decay_start, 0)
+
+
+class EpochStats(NamedTuple):
+    nll: float  # mean per-token cross-entropy
+    perplexity: float
+    tokens: int
+    seconds: float
+    nonfinite_windows: int
+    max_grad_norm: float
+
+
+def train_epoch(
+    step: Callable,
+    model: LanguageModel,
+    state: TrainState,
+    streams: np.ndarray,
+    bptt: int,
+    *,
+    start_window: int = 0,
+    on_window: Optional[Callable[[int, int, dict, float], None]] = None,
+    should_stop: Optional[Callable[[int], bool]] = None,
+):
+    """Run ``step`` over all BPTT windows of ``streams: int[B, N]``.
+
+    The carry of each window starts the next.  ``on_window(i, n, metrics,
+    tokens_per_s)`` is called after each window with host-side floats (the
+    only sync point per window); ``should_stop(i)`` may end the epoch early
+    (it returns the index of the next window to run, for resuming).
+
+    Returns ``(state, stats, next_window)``.
+    """
+    B = streams.shape[0]
+    n = num_windows(streams, bptt)
+    carry = model.initial_carry(B)
+    total_nll, total_tok, bad, max_norm = 0.0, 0, 0, 0.0
+    t0 = time.perf_counter()
+    i = start_window
+    for i, (x, y) in enumerate(bptt_windows(streams, bptt)):
+        if i < start_window:
+            continue
+        state, carry, m = step(state, jnp.asarray(x), jnp.asarray(y), carry)
+        m = {k: float(v) for k, v in m.items()}
+        tok = int(m["num_tokens"])
+        if m["finite"]:
+            total_nll += m["token_nll"] * tok
+            total_tok += tok
+        else:
+            bad += 1
+        max_norm = max(max_norm, m["grad_norm"]) if math.isfinite(m["grad_norm"]) else max_norm
+        if on_window is not None:
+            on_window(i, n, m, total_tok / max(time.perf_counter() - t0, 1e-9))
+        if should_stop is not None and should_stop(i):
+            i += 1
+            break
+    else:
+        i = n
+    nll = total_nll / max(total_tok, 1)
+    stats = EpochStats(nll, math.exp(min(nll, 700.0)), total_tok, time.perf_counter() - t0, bad, max_norm)
+    return state, stats, i
+
+
+def evaluate(model: LanguageModel, params, ids: np.ndarray, *, batch_size: int = 10,
+             bptt: int = 35, eval_step: Optional[Callable] = None) -> tuple[float, int]:
+    """Perplexity of ``params`` on the token stream ``ids``: ``(perplexity, tokens)``."""
+    eval_step = eval_step or make_eval_step(model)
+    streams = batchify(ids, batch_size)
+    carry = model.initial_carry(batch_size)
+    total, count = 0.0, 0
+    for x, y in bptt_windows(streams, bptt):
+        nll, n, carry = eval_step(params, jnp.asarray(x), jnp.asarray(y), carry)
+        total += float(nll)
+        count += int(n)
+    return math.exp(min(total / max(count, 1), 700.0)), count
