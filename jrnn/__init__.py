@@ -31,7 +31,14 @@ from jrnn.lm import (
     sequence_loss,
     token_log_probs,
 )
-from jrnn.train import TrainState, all_finite, init_train_state, make_eval_step, make_train_step
+from jrnn.train import (
+    TrainState,
+    all_finite,
+    init_train_state,
+    make_eval_step,
+    make_train_epoch,
+    make_train_step,
+)
 from jrnn.unrolling import reverse_within_lengths, unroll
 
 __version__ = "0.1.0"
@@ -55,6 +62,7 @@ __all__ = [
     "lstm",
     "make_cell",
     "make_eval_step",
+    "make_train_epoch",
     "make_train_step",
     "next_token_log_probs",
     "nnlm",

@@ -14,7 +14,7 @@ Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "make_train_step", "make_eval_step", "all_finite",
-    "global_norm",
+    "global_norm", "make_train_epoch",
 ]
 
 
@@ -127,6 +127,61 @@ def make_train_step(
     if not jit:
         return step
     return jax.jit(step, donate_argnums=(0, 3) if donate else ())
+
+
+def make_train_epoch(
+    model: LanguageModel,
+    optimizer: optax.GradientTransformation,
+    *,
+    clip_norm: Optional[float] = None,
+    batch_mean: bool = True,
+    skip_nonfinite: bool = False,
+    on_progress: Optional[Callable[[Any, dict], None]] = None,
+    progress_every: int = 50,
+) -> Callable:
+    """Build ``epoch(state, xs, ys, carry=None) -> (state, carry, metrics)``: a whole epoch in one jit.
+
+    ``xs, ys: int[N, B, T]`` are the N BPTT windows of an epoch (see
+    :func:`jrnn.data.bptt_windows`; all of one length), resident on the device.
+    A ``lax.scan`` over the windows runs the same step as
+    :func:`make_train_step`, carrying the recurrent state from window to window
+    with its gradient stopped, so there is one dispatch per epoch instead of one
+    per window.  ``metrics`` holds each window's metrics stacked: ``[N]``.
+
+    ``on_progress(window_index, metrics)`` is called from the device every
+    ``progress_every`` windows (through ``jax.debug.callback``) for a live
+    progress line.
+    """
+    step = make_train_step(model, optimizer, clip_norm=clip_norm, batch_mean=batch_mean,
+                           skip_nonfinite=skip_nonfinite, jit=False)
+
+    def epoch(state: TrainState, xs, ys, carry=None):
+        if xs.ndim != 3 or xs.shape != ys.shape:
+            raise ValueError(f"xs and ys must both be int[N, B, T], got {xs.shape} and {ys.shape}")
+        if carry is None:
+            carry = model.initial_carry(xs.shape[1], state.params["embed"].dtype)
+        # The carry's dtype must not change inside the scan: match the step's output.
+        carry_out = jax.eval_shape(lambda: step(state, xs[0], ys[0], carry)[1])
+        carry = jax.tree_util.tree_map(lambda c, s: jnp.asarray(c, s.dtype), carry, carry_out)
+
+        def body(sc, inputs):
+            i, (x, y) = inputs
+            st, c = sc
+            st, c, m = step(st, x, y, c)
+            if on_progress is not None:
+                jax.lax.cond(
+                    (i + 1) % progress_every == 0,
+                    lambda: jax.debug.callback(on_progress, i, m),
+                    lambda: None,
+                )
+            return (st, c), m
+
+        (state, carry), metrics = jax.lax.scan(
+            body, (state, carry), (jnp.arange(xs.shape[0]), (xs, ys))
+        )
+        return state, carry, metrics
+
+    return jax.jit(epoch, donate_argnums=(0,))
 
 
 def make_eval_step(model: LanguageModel, *, jit: bool = True) -> Callable:

@@ -57,10 +57,14 @@ def _unroll_one(
     unroll: Union[int, bool],
 ):
     T, B = xs.shape[0], xs.shape[1]
-    if carry is None:
-        carry = cell.initial_carry((B,), xs.dtype)
     # Hoisted out of the loop: one [T*B, D] x [D, G*H] matmul instead of T small ones.
     xs_proj = cell.project(params, xs)
+    if carry is None:
+        carry = cell.initial_carry((B,), xs_proj.dtype)
+    else:
+        # scan needs the carry in the step's own dtype (e.g. a float32 zero carry
+        # fed to float64 params would otherwise fail deep inside XLA).
+        carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
 
     if lengths is None:
         # scan(reverse=True) walks T-1 .. 0 and stores outputs in place: no flips.

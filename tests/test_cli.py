@@ -162,3 +162,14 @@ def test_python_dash_m_exits_nonzero_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jrnn", "eval", "--checkpoint", str(tmp_path / "x")],
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 2 and r.stderr.startswith("jrnn: error:") and "Traceback" not in r.stderr
+
+
+def test_fused_epoch_trains_like_the_window_loop(ptb, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["train", "--data", ptb, "--out", a, "--epochs", "2", *TINY]) == 0
+    assert main(["train", "--data", ptb, "--out", b, "--epochs", "2", "--fused-epoch", *TINY]) == 0
+    ha = json.load(open(os.path.join(a, "summary.json")))
+    hb = json.load(open(os.path.join(b, "summary.json")))
+    for ea, eb in zip(ha["history"], hb["history"]):
+        assert abs(ea["valid_ppl"] - eb["valid_ppl"]) < 1e-3 * ea["valid_ppl"]
+    assert abs(ha["test_ppl"] - hb["test_ppl"]) < 1e-3 * ha["test_ppl"]

@@ -109,3 +109,33 @@ def test_bad_clip_norm():
     model, opt, _ = _setup()
     with pytest.raises(ValueError, match="clip_norm"):
         jrnn.make_train_step(model, opt, clip_norm=0.0)
+
+
+def test_fused_epoch_equals_window_by_window_loop():
+    from jrnn.data import batchify, bptt_windows
+
+    V = 12
+    model = jrnn.rnn_lm(V, cell="lstm", embed_size=6, hidden_size=7, num_layers=2)
+    opt = optax.sgd(0.3)
+    params = model.init(jax.random.PRNGKey(0), jnp.float64)
+    ids = np.asarray(jax.random.randint(jax.random.PRNGKey(5), (4 * 31,), 0, V))
+    wins = list(bptt_windows(batchify(ids, 4), 6))  # 30 steps per stream: 5 windows of 6
+    xs = jnp.stack([w[0] for w in wins])
+    ys = jnp.stack([w[1] for w in wins])
+    seen = []
+    epoch = jrnn.make_train_epoch(model, opt, clip_norm=1.0,
+                                  on_progress=lambda i, m: seen.append(int(i)), progress_every=2)
+    copy = lambda t: jax.tree_util.tree_map(jnp.array, t)  # the epoch donates its state
+    state_a = jrnn.init_train_state(copy(params), opt, jax.random.PRNGKey(1))
+    state_a, carry_a, ms = epoch(state_a, xs, ys)
+    jax.block_until_ready(state_a)
+    step = jrnn.make_train_step(model, opt, clip_norm=1.0, donate=False)
+    state_b = jrnn.init_train_state(params, opt, jax.random.PRNGKey(1))
+    carry_b, losses = None, []
+    for x, y in wins:
+        state_b, carry_b, m = step(state_b, x, y, carry_b)
+        losses.append(float(m["loss"]))
+    chex.assert_trees_all_close(state_a.params, state_b.params, atol=1e-10)
+    chex.assert_trees_all_close(carry_a, carry_b, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(ms["loss"]), losses, rtol=1e-10)
+    assert ms["grad_norm"].shape == (5,) and sorted(seen) == [1, 3]
