@@ -29,13 +29,14 @@ PRESETS = {
                           init_scale=0.04, optimizer="sgd", lr=1.0, lr_decay=1 / 1.15,
                           decay_start=14, clip=10.0, epochs=55, batch_size=20, bptt=35),
     # A vanilla tanh RNN LM in the spirit of Mikolov's RNNLM, for the comparison.
-    "elman-ptb": dict(cell="elman", activation="tanh", layers=1, embed_size=200, hidden_size=300,
-                      dropout=0.0, init_scale=0.1, optimizer="sgd", lr=0.5, lr_decay=0.5,
-                      decay_start=4, clip=0.5, epochs=10, batch_size=20, bptt=35),
+    # Dropout on the non-recurrent connections (Zaremba-style) and tied embeddings.
+    "elman-ptb": dict(cell="elman", activation="tanh", layers=1, embed_size=300, hidden_size=300,
+                      tie=True, dropout=0.3, init_scale=0.05, optimizer="adam", lr=2e-3,
+                      lr_decay=0.5, decay_start=4, clip=5.0, epochs=8, batch_size=20, bptt=35),
     # The fixed-window feed-forward NNLM baseline (context of 4 words = a 5-gram model).
     "nnlm-ptb": dict(cell="nnlm", context_size=4, layers=1, embed_size=100, hidden_size=300,
-                     dropout=0.0, init_scale=0.05, optimizer="adam", lr=1e-3, lr_decay=0.5,
-                     decay_start=4, clip=5.0, epochs=6, batch_size=64, bptt=35),
+                     dropout=0.3, init_scale=0.05, optimizer="adam", lr=1e-3, lr_decay=0.5,
+                     decay_start=3, clip=5.0, epochs=5, batch_size=20, bptt=35),
 }
 
 # What `jrnn train` does with no options: the built-in corpus, a small LSTM.
@@ -311,25 +312,15 @@ def cmd_train(args) -> int:
             last_save = [time.perf_counter()]
             progress = _Progress(epoch, cfg["epochs"], args.quiet)
 
-            def should_stop(i, epoch=epoch):
+            def should_stop(i, current, epoch=epoch):
                 if interrupted["flag"]:
                     return True
                 if args.max_windows is not None and i + 1 >= start_window + args.max_windows:
                     return True
                 if time.perf_counter() - last_save[0] > args.save_every:
-                    ckpt.save(last_path, state_box[0], meta_for(epoch, i + 1))
+                    ckpt.save(last_path, current, meta_for(epoch, i + 1))
                     last_save[0] = time.perf_counter()
                 return False
-
-            state_box = [state]
-
-            def on_window(i, n, m, tok_s):
-                progress(i, n, m, tok_s)
-
-            def step_boxed(st, x, y, c):
-                new = step(st, x, y, c)
-                state_box[0] = new[0]
-                return new
 
             if epoch_fn is not None and start_window == 0:
                 state, stats = trainer.train_epoch_fused(epoch_fn, step, model, state, streams,
@@ -337,8 +328,8 @@ def cmd_train(args) -> int:
                 next_window = 0
             else:
                 state, stats, next_window = trainer.train_epoch(
-                    step_boxed, model, state, streams, cfg["bptt"], start_window=start_window,
-                    on_window=on_window, should_stop=should_stop)
+                    step, model, state, streams, cfg["bptt"], start_window=start_window,
+                    on_window=progress, should_stop=should_stop)
             start_window = 0
             if interrupted["flag"] and epoch_fn is None:
                 ckpt.save(last_path, state, meta_for(epoch, next_window))

@@ -77,16 +77,17 @@ def train_epoch(
     *,
     start_window: int = 0,
     on_window: Optional[Callable[[int, int, dict, float], None]] = None,
-    should_stop: Optional[Callable[[int], bool]] = None,
+    should_stop: Optional[Callable[[int, TrainState], bool]] = None,
 ):
     """Run ``step`` over all BPTT windows of ``streams: int[B, N]``.
 
     The carry of each window starts the next.  ``on_window(i, n, metrics,
     tokens_per_s)`` is called after each window with host-side floats (the
-    only sync point per window); ``should_stop(i)`` may end the epoch early
-    (it returns the index of the next window to run, for resuming).
+    only sync point per window); ``should_stop(i, state)`` may end the epoch
+    early, and may save ``state`` (the state after window ``i``).
 
-    Returns ``(state, stats, next_window)``.
+    Returns ``(state, stats, next_window)``: ``next_window`` is where a
+    resumed run should start (``n`` when the epoch ran to its end).
     """
     B = streams.shape[0]
     n = num_windows(streams, bptt)
@@ -108,7 +109,7 @@ def train_epoch(
         max_norm = max(max_norm, m["grad_norm"]) if math.isfinite(m["grad_norm"]) else max_norm
         if on_window is not None:
             on_window(i, n, m, total_tok / max(time.perf_counter() - t0, 1e-9))
-        if should_stop is not None and should_stop(i):
+        if should_stop is not None and should_stop(i, state):
             i += 1
             break
     else:
