@@ -7,7 +7,7 @@ BPTT training step.  ``jrnn.reference`` holds the same math as NumPy loops
 with a hand-written backward pass.
 """
 
-from jrnn import reference
+from jrnn import interop, reference
 from jrnn.cells import (
     ACTIVATIONS,
     CELL_KINDS,
@@ -57,6 +57,7 @@ __all__ = [
     "elman",
     "gru",
     "init_train_state",
+    "interop",
     "linear",
     "log_prob",
     "lstm",

@@ -100,13 +100,16 @@ class LossAux(NamedTuple):
 
 
 def _check_tokens(tokens, vocab_size: int, name: str = "tokens") -> Array:
+    concrete = not isinstance(tokens, jax.core.Tracer)
+    if concrete:  # checked on a host copy, also when closed over under jit
+        host = np.asarray(tokens)
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
     if tokens.ndim != 2:
         raise ValueError(f"{name} must have shape [B, T], got shape {tokens.shape}")
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        lo, hi = int(np.min(tokens)), int(np.max(tokens))
+    if concrete and tokens.size:
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(
                 f"{name} must be ids in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]"
@@ -359,11 +362,13 @@ def sequence_loss(
 def _length_mask(lengths, B: int, T: int) -> Array:
     if lengths is None:
         return jnp.ones((B, T), bool)
+    concrete = not isinstance(lengths, jax.core.Tracer)
+    host = np.asarray(lengths) if concrete else None
     lengths = jnp.asarray(lengths)
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape [B]=({B},), got {lengths.shape}")
-    if not isinstance(lengths, jax.core.Tracer) and B:
-        lo, hi = int(np.min(lengths)), int(np.max(lengths))
+    if concrete and B:
+        lo, hi = int(host.min()), int(host.max())
         if lo < 1 or hi > T:
             raise ValueError(f"lengths must lie in [1, T={T}], got values in [{lo}, {hi}]")
     return jnp.arange(T)[None, :] < lengths[:, None]

@@ -20,13 +20,16 @@ def _is_concrete(x) -> bool:
 
 
 def _check_lengths(lengths, T: int, B: int) -> Array:
+    concrete = _is_concrete(lengths)
+    if concrete:  # a host copy: works for numpy, lists and arrays closed over under jit
+        host = np.asarray(lengths)
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape [B]=({B},), got {lengths.shape}")
-    if _is_concrete(lengths) and B:
-        lo, hi = int(np.min(lengths)), int(np.max(lengths))
+    if concrete and B:
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi > T:
             raise ValueError(
                 f"lengths must lie in [0, T={T}], got values in [{lo}, {hi}]"

@@ -192,3 +192,17 @@ def test_bad_unroll_inputs():
         jrnn.unroll(cell, params, xs, lengths=jnp.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="2 cells but 1 params"):
         jrnn.unroll([cell, cell], [params], xs)
+
+
+def test_lengths_closed_over_under_jit():
+    cell = jrnn.elman(3)
+    params = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)
+    xs = random_inputs(0, 4, 2, 2)
+    L = jnp.array([4, 2])
+    got = jax.jit(lambda p: jrnn.unroll(cell, p, xs, lengths=L)[1])(params)
+    chex.assert_trees_all_close(got, jrnn.unroll(cell, params, xs, lengths=L)[1])
+    model = jrnn.rnn_lm(5, cell="gru", embed_size=3, hidden_size=3, num_layers=1)
+    mp = model.init(jax.random.PRNGKey(0), jnp.float64)
+    toks = jnp.array([[0, 1, 2, 3]])
+    lp = jax.jit(lambda p: jrnn.log_prob(model, p, toks, lengths=jnp.array([3])))(mp)
+    chex.assert_trees_all_close(lp, jrnn.log_prob(model, mp, toks, lengths=jnp.array([3])))

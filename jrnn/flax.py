@@ -1,0 +1,576 @@
+r"""Flax modules around jrnn cells: linen and NNX, parameters in jrnn's layout.
+
+Import it on its own (``import jrnn.flax``); ``import jrnn`` does not load it.
+
+Every module here runs :func:`jrnn.unroll` and nothing else, so a module and
+the free function give the same numbers for the same weights.  The layers
+take batch-major ``[B, T, D]`` inputs and the call arguments of Flax's own
+``nn.RNN`` -- ``initial_carry``, ``seq_lengths``, ``return_carry``,
+``time_major``, ``reverse``, ``keep_order`` -- with the same meaning, so a jrnn
+layer drops in where an ``nn.RNN`` was.  The recurrence of a layer with cell
+``cell`` is the cell's own,
+
+.. math::
+    (c_t, h_t) = \mathrm{step}(c_{t-1},\ x_t W + b), \qquad t = 1 \dots T
+
+(for the lecture's linear cell, :math:`h_t = W x_t + W_h h_{t-1} + b`).
+
+Parameters are stored exactly as the cell's ``init`` makes them:
+
+* linen :class:`RNN`: ``variables["params"]`` *is* the cell's params dict
+  (``W``, ``W_h``, ``b`` and, for the GRU, ``b_h``);
+* linen :class:`Stack`: ``variables["params"]`` is ``{"layer_0": ..., "layer_1": ...}``;
+  :func:`layers_from_flax` turns it into the list :func:`jrnn.unroll` takes;
+* NNX :class:`NNXRNN` and :class:`NNXStack`: the ``params`` property returns
+  the dict (or list of dicts), built from ``nnx.Param`` attributes with the
+  same names.
+
+Differences from ``nn.RNN``: outputs at padded steps (``t >= seq_lengths[b]``)
+are zeros, not whatever the cell computed there; the default initial carry is
+always zeros (``init_key`` is accepted and unused); and the layer itself owns
+the weights (no ``cell`` sub-module), which keeps the parameter dict flat.
+As with ``nn.RNN``, the carry returned with ``seq_lengths`` is the one after
+each sequence's last valid step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jrnn.cells import Cell
+from jrnn.unrolling import reverse_within_lengths, unroll
+
+Array = jax.Array
+
+__all__ = [
+    "RNN",
+    "Stack",
+    "Bidirectional",
+    "NNXRNN",
+    "NNXStack",
+    "NNXBidirectional",
+    "layers_from_flax",
+    "layers_to_flax",
+]
+
+
+def _concatenate(a: Array, b: Array) -> Array:
+    return jnp.concatenate([a, b], axis=-1)
+
+
+def _check_cell(cell) -> Cell:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"expected a jrnn Cell (e.g. jrnn.lstm(8)), got {type(cell).__name__}")
+    return cell
+
+
+def _check_cells(cells) -> tuple:
+    if isinstance(cells, Cell) or not cells:
+        raise TypeError("cells must be a non-empty sequence of jrnn Cells")
+    return tuple(_check_cell(c) for c in cells)
+
+
+def _check_inputs(inputs, time_major: bool) -> Array:
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim != 3:
+        layout = "[T, B, D]" if time_major else "[B, T, D]"
+        raise ValueError(f"inputs must have rank 3 ({layout}), got shape {inputs.shape}")
+    return inputs
+
+
+def _run(cells, params, inputs, initial_carry, seq_lengths, *, time_major, reverse,
+         keep_order, unroll_factor, dropout=0.0, key=None):
+    """The one code path of every module: layout -> jrnn.unroll -> Flax's output order."""
+    xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [T, B, D]
+    carry, hs = unroll(
+        cells, params, xs, initial_carry, lengths=seq_lengths, reverse=reverse,
+        unroll=unroll_factor, dropout=dropout, key=key,
+    )
+    if reverse and not keep_order:
+        # nn.RNN's default: a reversed layer returns its outputs in processing
+        # order (each sequence flipped within its length, padding at the end).
+        hs = jnp.flip(hs, 0) if seq_lengths is None else reverse_within_lengths(hs, seq_lengths)
+    if not time_major:
+        hs = jnp.swapaxes(hs, 0, 1)
+    return carry, hs
+
+
+def layers_from_flax(params: dict) -> list:
+    """A :class:`Stack`'s ``{"layer_0": p0, "layer_1": p1, ...}`` -> ``[p0, p1, ...]``.
+
+    The list is what :func:`jrnn.unroll` takes for a stack of cells.
+
+    Example:
+      >>> import jrnn.flax
+      >>> jrnn.flax.layers_from_flax({"layer_1": "b", "layer_0": "a"})
+      ['a', 'b']
+    """
+    names = sorted(params, key=lambda n: int(n.rsplit("_", 1)[-1]))
+    if names != [f"layer_{i}" for i in range(len(names))]:
+        raise ValueError(f"expected keys layer_0 .. layer_{len(names) - 1}, got {sorted(params)}")
+    return [params[n] for n in names]
+
+
+def layers_to_flax(params: Sequence[dict]) -> dict:
+    """``[p0, p1, ...]`` (jrnn's stack params) -> a :class:`Stack`'s ``{"layer_0": p0, ...}``.
+
+    Example:
+      >>> import jrnn.flax
+      >>> jrnn.flax.layers_to_flax(["a", "b"])
+      {'layer_0': 'a', 'layer_1': 'b'}
+    """
+    return {f"layer_{i}": p for i, p in enumerate(params)}
+
+
+# ---------------------------------------------------------------------------
+# linen
+# ---------------------------------------------------------------------------
+
+
+class RNN(nn.Module):
+    r"""A linen recurrent layer running any jrnn cell, called like ``nn.RNN``.
+
+    ``inputs: float[B, T, D]`` (``[T, B, D]`` with ``time_major``) ->
+    ``outputs: float[B, T, H]``, or ``(carry, outputs)`` with ``return_carry``.
+    The cell's recurrence runs under :func:`jrnn.unroll`; for an Elman cell
+
+    .. math::
+        h_t = \tanh(x_t W + h_{t-1} W_h + b).
+
+    Parameters are created on first call by ``cell.init`` (so with the cell's
+    own initialization) and live at the top of the module's ``params``:
+    ``variables["params"]`` can be passed to ``jrnn.unroll(cell, ...)`` as is.
+
+    Attributes:
+      cell: a jrnn :class:`~jrnn.cells.Cell`, e.g. ``jrnn.lstm(64)``.
+      time_major, return_carry, reverse, keep_order: as ``nn.RNN``; each can
+        be overridden per call.  ``reverse=True`` reads each sequence from its
+        last valid step back; with ``keep_order=False`` (Flax's default) the
+        outputs come back in that reversed order, with ``keep_order=True``
+        aligned with the inputs.
+      unroll: ``lax.scan``'s unroll factor.
+      param_dtype: dtype of the parameters.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
+      >>> layer = jrnn.flax.RNN(jrnn.lstm(8))
+      >>> x = jnp.ones((2, 5, 3))                      # [B, T, D]
+      >>> variables = layer.init(jax.random.PRNGKey(0), x)
+      >>> sorted(variables["params"])
+      ['W', 'W_h', 'b']
+      >>> ys = layer.apply(variables, x, seq_lengths=jnp.array([5, 3]))
+      >>> _, hs = jrnn.unroll(jrnn.lstm(8), variables["params"], x, time_major=False,
+      ...                     lengths=jnp.array([5, 3]))
+      >>> ys.shape, bool((ys == hs).all())
+      ((2, 5, 8), True)
+    """
+
+    cell: Cell
+    time_major: bool = False
+    return_carry: bool = False
+    reverse: bool = False
+    keep_order: bool = False
+    unroll: int = 1
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        init_key: Optional[Array] = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+    ):
+        del init_key  # nn.RNN's key for a random carry; jrnn's carries start at zeros
+        cell = _check_cell(self.cell)
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        inputs = _check_inputs(inputs, time_major)
+        D = inputs.shape[-1]
+        # One self.param per entry of the cell's dict keeps jrnn's flat layout.
+        names = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), D, self.param_dtype))
+        params = {
+            name: self.param(name, lambda key, n=name: cell.init(key, D, self.param_dtype)[n])
+            for name in sorted(names)
+        }
+        carry, hs = _run(
+            cell, params, inputs, initial_carry, seq_lengths, time_major=time_major,
+            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
+        )
+        return (carry, hs) if return_carry else hs
+
+    def initialize_carry(self, batch_size: int, dtype=jnp.float32):
+        """Zeros of the cell's carry for ``batch_size`` sequences."""
+        return self.cell.initial_carry((batch_size,), dtype)
+
+
+class Stack(nn.Module):
+    r"""A linen stack of jrnn cells: layer ``l`` reads layer ``l-1``'s outputs.
+
+    .. math::
+        h^{(0)}_t = x_t, \qquad
+        h^{(l)}_t = \mathrm{cell}_l\big(h^{(l)}_{t-1},\ \mathrm{dropout}(h^{(l-1)}_t)\big)
+
+    It calls ``jrnn.unroll(cells, ...)`` once, so it matches the free
+    function's stack, dropout between layers included (drawn from the
+    ``"dropout"`` RNG stream when ``deterministic`` is False).  The carry is
+    a list with one entry per layer; ``reverse`` reverses every layer.
+
+    Parameters: ``{"layer_0": cells[0]'s params, "layer_1": ...}``; see
+    :func:`layers_from_flax` / :func:`layers_to_flax`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
+      >>> stack = jrnn.flax.Stack([jrnn.gru(6), jrnn.gru(4)], return_carry=True)
+      >>> x = jnp.ones((2, 5, 3))
+      >>> variables = stack.init(jax.random.PRNGKey(0), x)
+      >>> carries, ys = stack.apply(variables, x)
+      >>> ys.shape, [c.shape for c in carries]
+      ((2, 5, 4), [(2, 6), (2, 4)])
+    """
+
+    cells: Sequence[Cell]
+    dropout_rate: float = 0.0
+    deterministic: Optional[bool] = None
+    time_major: bool = False
+    return_carry: bool = False
+    reverse: bool = False
+    keep_order: bool = False
+    unroll: int = 1
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        init_key: Optional[Array] = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+        deterministic: Optional[bool] = None,
+    ):
+        del init_key  # as in RNN
+        cells = _check_cells(self.cells)
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        inputs = _check_inputs(inputs, time_major)
+        params, d_in = [], inputs.shape[-1]
+        for i, cell in enumerate(cells):
+            params.append(
+                self.param(f"layer_{i}", lambda key, c=cell, d=d_in: c.init(key, d, self.param_dtype))
+            )
+            d_in = cell.hidden_size
+        key = None
+        if self.dropout_rate > 0.0 and len(cells) > 1:
+            if not nn.merge_param("deterministic", self.deterministic, deterministic):
+                key = self.make_rng("dropout")
+        carry, hs = _run(
+            list(cells), params, inputs, initial_carry, seq_lengths, time_major=time_major,
+            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
+            dropout=self.dropout_rate, key=key,
+        )
+        return (carry, hs) if return_carry else hs
+
+    def initialize_carry(self, batch_size: int, dtype=jnp.float32) -> list:
+        """Zeros of every layer's carry, as a list."""
+        return [c.initial_carry((batch_size,), dtype) for c in self.cells]
+
+
+class Bidirectional(nn.Module):
+    r"""Run one layer forward and another backward and merge their outputs.
+
+    .. math::
+        y_t = \mathrm{merge}(\overrightarrow{h}_t, \overleftarrow{h}_t)
+
+    where the backward layer reads each sequence from its last valid step to
+    its first (``reverse=True, keep_order=True``), so both outputs are aligned
+    with the inputs; ``merge_fn`` concatenates by default.  Works with
+    :class:`RNN`, :class:`Stack` or any module taking ``nn.RNN``'s call
+    arguments; extra keyword arguments (e.g. ``deterministic`` for stacks)
+    go to both.  The carry is ``(forward_carry, backward_carry)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
+      >>> bi = jrnn.flax.Bidirectional(jrnn.flax.RNN(jrnn.lstm(4)), jrnn.flax.RNN(jrnn.lstm(4)))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> variables = bi.init(jax.random.PRNGKey(0), x)
+      >>> bi.apply(variables, x, seq_lengths=jnp.array([5, 2])).shape
+      (2, 5, 8)
+    """
+
+    forward_rnn: nn.Module
+    backward_rnn: nn.Module
+    merge_fn: Callable[[Array, Array], Array] = _concatenate
+    time_major: bool = False
+    return_carry: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+        **kwargs,
+    ):
+        del reverse, keep_order  # accepted as nn.Bidirectional does; the directions are fixed
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
+        carry_f, ys_f = self.forward_rnn(
+            inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
+            time_major=time_major, reverse=False, **kwargs,
+        )
+        carry_b, ys_b = self.backward_rnn(
+            inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
+            time_major=time_major, reverse=True, keep_order=True, **kwargs,
+        )
+        ys = self.merge_fn(ys_f, ys_b)
+        return ((carry_f, carry_b), ys) if return_carry else ys
+
+
+# ---------------------------------------------------------------------------
+# NNX
+# ---------------------------------------------------------------------------
+
+
+class NNXRNN(nnx.Module):
+    r"""An NNX recurrent layer running any jrnn cell, called like ``nnx.RNN``.
+
+    The parameters are ``nnx.Param`` attributes named as in the cell's dict
+    (``W``, ``W_h``, ``b``, ``b_h``), made by ``cell.init`` with a key from
+    ``rngs.params()``; :attr:`params` returns them as the plain dict
+    :func:`jrnn.unroll` takes.  Shapes, call arguments and the recurrence
+    (:math:`(c_t, h_t) = \mathrm{step}(c_{t-1}, x_t W + b)`) are those of the
+    linen :class:`RNN`.
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> from flax import nnx
+      >>> layer = jrnn.flax.NNXRNN(jrnn.gru(8), 3, rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> carry, ys = layer(x, return_carry=True)
+      >>> _, hs = jrnn.unroll(jrnn.gru(8), layer.params, x, time_major=False)
+      >>> ys.shape, bool((ys == hs).all())
+      ((2, 5, 8), True)
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype: Any = jnp.float32,
+        time_major: bool = False,
+        return_carry: bool = False,
+        reverse: bool = False,
+        keep_order: bool = False,
+        unroll: int = 1,
+    ):
+        self.cell = _check_cell(cell)
+        self.time_major = time_major
+        self.return_carry = return_carry
+        self.reverse = reverse
+        self.keep_order = keep_order
+        self.unroll = unroll
+        params = cell.init(rngs.params(), in_features, param_dtype)
+        self.param_names = tuple(sorted(params))
+        for name in self.param_names:
+            setattr(self, name, nnx.Param(params[name]))
+
+    @property
+    def params(self) -> dict:
+        """The cell's params dict, in jrnn's layout (current values)."""
+        return {name: getattr(self, name)[...] for name in self.param_names}
+
+    def initialize_carry(self, batch_size: int, dtype=jnp.float32):
+        """Zeros of the cell's carry for ``batch_size`` sequences."""
+        return self.cell.initial_carry((batch_size,), dtype)
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+    ):
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        inputs = _check_inputs(inputs, time_major)
+        carry, hs = _run(
+            self.cell, self.params, inputs, initial_carry, seq_lengths, time_major=time_major,
+            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
+        )
+        return (carry, hs) if return_carry else hs
+
+
+class NNXStack(nnx.Module):
+    r"""An NNX stack of jrnn cells (see the linen :class:`Stack` for the math).
+
+    ``self.layers`` holds one :class:`NNXRNN` per cell and :attr:`params`
+    returns the list of their dicts, the stack layout of :func:`jrnn.unroll`.
+    Dropout between layers (rate ``dropout_rate``) is drawn from
+    ``rngs.dropout()`` when a call gets ``rngs`` and the module is not in
+    ``eval()`` mode.
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> from flax import nnx
+      >>> stack = jrnn.flax.NNXStack([jrnn.lstm(6), jrnn.lstm(4)], 3, rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> _, hs = jrnn.unroll(list(stack.cells), stack.params, x, time_major=False)
+      >>> bool((stack(x) == hs).all())
+      True
+    """
+
+    def __init__(
+        self,
+        cells: Sequence[Cell],
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        dropout_rate: float = 0.0,
+        param_dtype: Any = jnp.float32,
+        time_major: bool = False,
+        return_carry: bool = False,
+        reverse: bool = False,
+        keep_order: bool = False,
+        unroll: int = 1,
+    ):
+        self.cells = _check_cells(cells)
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.dropout_rate = dropout_rate
+        self.deterministic = False
+        self.time_major = time_major
+        self.return_carry = return_carry
+        self.reverse = reverse
+        self.keep_order = keep_order
+        self.unroll = unroll
+        sizes = [in_features] + [c.hidden_size for c in self.cells[:-1]]
+        self.layers = nnx.List(
+            [NNXRNN(c, d, rngs=rngs, param_dtype=param_dtype) for c, d in zip(self.cells, sizes)]
+        )
+
+    @property
+    def params(self) -> list:
+        """One params dict per layer, in jrnn's layout."""
+        return [layer.params for layer in self.layers]
+
+    def initialize_carry(self, batch_size: int, dtype=jnp.float32) -> list:
+        """Zeros of every layer's carry, as a list."""
+        return [c.initial_carry((batch_size,), dtype) for c in self.cells]
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+        rngs: Optional[nnx.Rngs] = None,
+    ):
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        inputs = _check_inputs(inputs, time_major)
+        use_dropout = self.dropout_rate > 0.0 and not self.deterministic and len(self.cells) > 1
+        key = rngs.dropout() if (use_dropout and rngs is not None) else None
+        carry, hs = _run(
+            list(self.cells), self.params, inputs, initial_carry, seq_lengths,
+            time_major=time_major, reverse=reverse, keep_order=keep_order,
+            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key,
+        )
+        return (carry, hs) if return_carry else hs
+
+
+class NNXBidirectional(nnx.Module):
+    r"""NNX version of :class:`Bidirectional`: forward and backward layers, merged.
+
+    .. math::
+        y_t = \mathrm{merge}(\overrightarrow{h}_t, \overleftarrow{h}_t)
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> from flax import nnx
+      >>> rngs = nnx.Rngs(0)
+      >>> bi = jrnn.flax.NNXBidirectional(jrnn.flax.NNXRNN(jrnn.gru(4), 3, rngs=rngs),
+      ...                                 jrnn.flax.NNXRNN(jrnn.gru(4), 3, rngs=rngs))
+      >>> bi(jnp.ones((2, 5, 3))).shape
+      (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        forward_rnn: nnx.Module,
+        backward_rnn: nnx.Module,
+        *,
+        merge_fn: Callable[[Array, Array], Array] = _concatenate,
+        time_major: bool = False,
+        return_carry: bool = False,
+    ):
+        self.forward_rnn = forward_rnn
+        self.backward_rnn = backward_rnn
+        self.merge_fn = merge_fn
+        self.time_major = time_major
+        self.return_carry = return_carry
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        reverse: Optional[bool] = None,
+        keep_order: Optional[bool] = None,
+        **kwargs,
+    ):
+        del reverse, keep_order  # accepted as nn.Bidirectional does; the directions are fixed
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
+        carry_f, ys_f = self.forward_rnn(
+            inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
+            time_major=time_major, reverse=False, **kwargs,
+        )
+        carry_b, ys_b = self.backward_rnn(
+            inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
+            time_major=time_major, reverse=True, keep_order=True, **kwargs,
+        )
+        ys = self.merge_fn(ys_f, ys_b)
+        return ((carry_f, carry_b), ys) if return_carry else ys
