@@ -7,7 +7,7 @@ BPTT training step.  ``jrnn.reference`` holds the same math as NumPy loops
 with a hand-written backward pass.
 """
 
-from jrnn import interop, reference
+from jrnn import distributed, interop, parallel, reference
 from jrnn.cells import (
     ACTIVATIONS,
     CELL_KINDS,
@@ -39,7 +39,7 @@ from jrnn.train import (
     make_train_epoch,
     make_train_step,
 )
-from jrnn.unrolling import reverse_within_lengths, unroll
+from jrnn.unrolling import auto_unroll, remat, reverse_within_lengths, unroll
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,8 @@ __all__ = [
     "NNLMConfig",
     "TrainState",
     "all_finite",
+    "auto_unroll",
+    "distributed",
     "elman",
     "gru",
     "init_train_state",
@@ -67,7 +69,9 @@ __all__ = [
     "make_train_step",
     "next_token_log_probs",
     "nnlm",
+    "parallel",
     "reference",
+    "remat",
     "reverse_within_lengths",
     "rnn_lm",
     "sequence_loss",

@@ -43,7 +43,7 @@ PRESETS = {
 DEFAULTS = dict(cell="lstm", activation="tanh", layers=1, embed_size=64, hidden_size=64,
                 dropout=0.0, tie=False, init_scale=None, forget_bias=0.0, context_size=4,
                 optimizer="adam", lr=0.01, lr_decay=1.0, decay_start=1, clip=5.0, epochs=3,
-                batch_size=32, bptt=20, seed=0, unroll=1)
+                batch_size=32, bptt=20, seed=0, unroll="auto", remat=False)
 
 
 class UserError(Exception):
@@ -55,6 +55,18 @@ def _fail(msg: str) -> None:
 
 
 # ---- argument parsing -------------------------------------------------------
+
+def _unroll_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -89,7 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--bptt", type=int, help="BPTT window length T")
-    t.add_argument("--unroll", type=int, help="lax.scan unroll factor")
+    t.add_argument("--unroll", type=_unroll_arg,
+                   help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
+    t.add_argument("--remat", action="store_true", default=None,
+                   help="recompute each step in the backward pass (less memory, long sequences)")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="shard the batch over all local devices (parameters replicated)")
+    t.add_argument("--coordinator", help="multi-host: address:port of process 0 "
+                                         "(with --num-processes and --process-id)")
+    t.add_argument("--num-processes", type=int)
+    t.add_argument("--process-id", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--out", default="runs/latest", help="checkpoint directory (default runs/latest)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -140,7 +161,7 @@ def _settings(args) -> dict:
         if val is not None:
             cfg[key] = val
     for key in ("layers", "embed_size", "hidden_size", "epochs", "batch_size", "bptt",
-                "context_size", "unroll", "decay_start"):
+                "context_size", "decay_start"):
         if cfg[key] is None or cfg[key] <= 0:
             _fail(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
     if not 0 <= cfg["dropout"] < 1:
@@ -163,7 +184,7 @@ def build_model(cfg: dict, vocab_size: int):
                        embed_size=cfg["embed_size"], hidden_size=cfg["hidden_size"],
                        num_layers=cfg["layers"], dropout=cfg["dropout"], tie_embeddings=cfg["tie"],
                        init_scale=cfg["init_scale"], forget_bias=cfg["forget_bias"],
-                       unroll=cfg["unroll"])
+                       unroll=cfg.get("unroll", "auto"), remat=cfg.get("remat", False))
 
 
 def _load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
@@ -236,6 +257,10 @@ def cmd_train(args) -> int:
     from jrnn import trainer
     from jrnn.data import batchify
 
+    if args.coordinator or args.num_processes:
+        from jrnn import distributed
+
+        distributed.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
     out = args.out
     last_path, best_path = os.path.join(out, "last.ckpt"), os.path.join(out, "best.ckpt")
     if args.resume:
@@ -278,7 +303,21 @@ def cmd_train(args) -> int:
           f"({n_params / 1e6:.2f}M params) | {cfg['optimizer']} lr {cfg['lr']} clip {cfg['clip']} "
           f"| batch {cfg['batch_size']} bptt {cfg['bptt']} | {jax.default_backend()}", file=sys.stderr)
 
-    step = jrnn.make_train_step(model, optimizer, clip_norm=cfg["clip"] or None, batch_mean=True)
+    if args.data_parallel:
+        from jrnn import distributed
+
+        if args.fused_epoch:
+            _fail("--fused-epoch and --data-parallel cannot be combined yet; drop one")
+        mesh = distributed.make_mesh()
+        if cfg["batch_size"] % mesh.size:
+            _fail(f"--batch-size {cfg['batch_size']} does not split over {mesh.size} devices; "
+                  f"use a multiple of {mesh.size}")
+        print(f"data parallel over {mesh.size} devices", file=sys.stderr)
+        step = distributed.make_sharded_train_step(model, optimizer, mesh=mesh,
+                                                   clip_norm=cfg["clip"] or None, batch_mean=True)
+    else:
+        step = jrnn.make_train_step(model, optimizer, clip_norm=cfg["clip"] or None,
+                                    batch_mean=True)
     epoch_fn = None
     if args.fused_epoch:
         n_total = (streams.shape[1] - 1) // cfg["bptt"]

@@ -19,7 +19,7 @@ time-major inside :func:`jrnn.unroll`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jrnn.cells import CELL_KINDS, make_cell
+from jrnn.unrolling import remat as remat_cell
 from jrnn.unrolling import unroll as unroll_cells
 
 Array = jax.Array
@@ -63,7 +64,8 @@ class LMConfig(NamedTuple):
     tie_embeddings: bool = False
     init_scale: Optional[float] = None
     forget_bias: float = 0.0
-    unroll: int = 1
+    unroll: Union[int, str] = "auto"
+    remat: bool = False
 
 
 class NNLMConfig(NamedTuple):
@@ -145,7 +147,8 @@ def rnn_lm(
     tie_embeddings: bool = False,
     init_scale: Optional[float] = None,
     forget_bias: float = 0.0,
-    unroll: int = 1,
+    unroll: Union[int, str] = "auto",
+    remat: bool = False,
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
@@ -153,7 +156,10 @@ def rnn_lm(
     to the embeddings, between layers and to the last layer's outputs, as in
     Zaremba et al. (2014).  The output layer runs on all timesteps at once,
     after the scan.  With ``tie_embeddings`` the output weights are the
-    transposed embedding (needs ``embed_size == hidden_size``).
+    transposed embedding (needs ``embed_size == hidden_size``).  ``unroll`` is
+    passed to :func:`jrnn.unroll` (``"auto"``: 1 on CPU, 8 on accelerators);
+    ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
+    trading time for memory on long sequences.
 
     Params: ``{"embed": [V, E], "layers": [cell params per layer],
     "out": {"W": [H, V], "b": [V]}}`` (``"out"`` has only ``"b"`` when tied).
@@ -168,7 +174,7 @@ def rnn_lm(
     """
     config = LMConfig(
         vocab_size, cell, activation, embed_size, hidden_size, num_layers,
-        float(dropout), bool(tie_embeddings), init_scale, float(forget_bias), unroll,
+        float(dropout), bool(tie_embeddings), init_scale, float(forget_bias), unroll, bool(remat),
     )
     for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
         _check_positive(name, getattr(config, name))
@@ -185,6 +191,8 @@ def rnn_lm(
                   init_scale=init_scale)
         for _ in range(num_layers)
     ]
+    if remat:
+        cells = [remat_cell(c) for c in cells]
     V, E, H = vocab_size, embed_size, hidden_size
 
     def init(key: Array, dtype=jnp.float32) -> dict:

@@ -12,7 +12,7 @@ from jrnn.cells import Cell
 
 Array = jax.Array
 
-__all__ = ["unroll", "reverse_within_lengths"]
+__all__ = ["unroll", "reverse_within_lengths", "auto_unroll", "remat"]
 
 
 def _is_concrete(x) -> bool:
@@ -37,6 +37,37 @@ def _check_lengths(lengths, T: int, B: int) -> Array:
     return lengths
 
 
+def auto_unroll(backend: Optional[str] = None) -> int:
+    """The ``lax.scan`` unroll factor jrnn picks for a backend.
+
+    CPU: 1.  On the 2-core development machine no factor won reliably for the
+    Zaremba-small step (within the +-15 % spread of a loaded machine) while
+    compile time grew from 2.3 s (1) to 9.8 s (16); see benchmarks/RESULTS.md.
+    GPU/TPU: 8, the factor of the issue's H200 measurements (the recurrence is
+    latency-bound there, and unrolling lets XLA fuse across steps); not
+    re-measured in this repository yet.
+    """
+    backend = backend or jax.default_backend()
+    return 1 if backend == "cpu" else 8
+
+
+def remat(cell: Cell) -> Cell:
+    """The same cell with its step under ``jax.checkpoint`` (rematerialization).
+
+    The backward pass recomputes each step's gates from the saved carry instead
+    of keeping them: about ``T * B * G * H`` fewer floats held for long
+    sequences, for one more forward step each.  Results are unchanged.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.remat(jrnn.lstm(4))
+      >>> params = cell.init(jax.random.PRNGKey(0), 2)
+      >>> jrnn.unroll(cell, params, jnp.ones((3, 1, 2)))[1].shape
+      (3, 1, 4)
+    """
+    return cell._replace(kind=cell.kind + "[remat]", step=jax.checkpoint(cell.step))
+
+
 def reverse_within_lengths(xs: Array, lengths: Array) -> Array:
     """Reverse each sequence of time-major ``xs: [T, B, ...]`` within its length.
 
@@ -59,6 +90,12 @@ def _unroll_one(
     reverse: bool,
     unroll: Union[int, bool],
 ):
+    if isinstance(unroll, str):
+        # Parallel-in-time evaluation of a linear recurrence (jrnn.parallel).
+        from jrnn.parallel import associative_unroll
+
+        return associative_unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
+                                  method=unroll)
     T, B = xs.shape[0], xs.shape[1]
     # Hoisted out of the loop: one [T*B, D] x [D, G*H] matmul instead of T small ones.
     xs_proj = cell.project(params, xs)
@@ -102,7 +139,7 @@ def unroll(
     *,
     lengths: Optional[Array] = None,
     reverse: bool = False,
-    unroll: Union[int, bool] = 1,
+    unroll: Union[int, bool, str] = 1,
     dropout: float = 0.0,
     key: Optional[Array] = None,
     time_major: bool = True,
@@ -125,7 +162,11 @@ def unroll(
       reverse: run from the end of each sequence to its start; with ``lengths``
         each sequence is reversed within its own length.  Outputs stay aligned
         with the inputs.
-      unroll: ``lax.scan``'s unroll factor (an int, or ``True`` for all steps).
+      unroll: ``lax.scan``'s unroll factor (an int, ``True`` for all steps, or
+        ``"auto"``: 1 on CPU, 8 on GPU/TPU -- see :func:`auto_unroll`), or
+        ``"associative"`` / ``"doubling"`` to compute a *linear* recurrence
+        (``jrnn.linear``, ``elman`` with ``"identity"``, ``jrnn.parallel.diagonal``)
+        in O(log T) depth with ``jax.lax.associative_scan`` (see :mod:`jrnn.parallel`).
       dropout: rate of dropout applied to the outputs between stacked layers
         (not after the last one); only used when ``key`` is given.
       key: PRNG key for dropout.
@@ -145,6 +186,12 @@ def unroll(
       >>> hs.shape, bool((hs[4:, 1] == 0).all())
       ((6, 2, 8), True)
     """
+    if unroll == "auto":
+        unroll = auto_unroll()
+    if isinstance(unroll, str) and unroll not in ("associative", "doubling"):
+        raise ValueError(
+            f"unroll must be an int, True, 'auto', 'associative' or 'doubling', got {unroll!r}"
+        )
     stacked = not isinstance(cell, Cell)
     cells = list(cell) if stacked else [cell]
     if not cells or not all(isinstance(c, Cell) for c in cells):

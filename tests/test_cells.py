@@ -206,3 +206,23 @@ def test_lengths_closed_over_under_jit():
     toks = jnp.array([[0, 1, 2, 3]])
     lp = jax.jit(lambda p: jrnn.log_prob(model, p, toks, lengths=jnp.array([3])))(mp)
     chex.assert_trees_all_close(lp, jrnn.log_prob(model, mp, toks, lengths=jnp.array([3])))
+
+
+def test_unroll_modes_agree_with_the_loop():
+    """'auto', remat and the parallel-in-time modes give the loop's result."""
+    cell = jrnn.linear(3)
+    params = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)
+    xs = random_inputs(1, 9, 2, 2)
+    want, want_h, _ = ref.cell_forward("linear", params, xs)
+    for mode in ("auto", "associative", "doubling"):
+        carry, hs = jrnn.unroll(cell, params, xs, unroll=mode)
+        chex.assert_trees_all_close(hs, want, atol=1e-10)
+        chex.assert_trees_all_close(carry, want_h, atol=1e-10)
+    lstm = jrnn.lstm(3)
+    lp = lstm.init(jax.random.PRNGKey(1), 2, jnp.float64)
+    loss = lambda c: lambda p: jnp.sum(jrnn.unroll(c, p, xs)[1] ** 2)
+    chex.assert_trees_all_close(jax.grad(loss(jrnn.remat(lstm)))(lp), jax.grad(loss(lstm))(lp),
+                                atol=1e-12)
+    with pytest.raises(ValueError, match="unroll must be"):
+        jrnn.unroll(cell, params, xs, unroll="sideways")
+    assert jrnn.auto_unroll("cpu") == 1 and jrnn.auto_unroll("gpu") == 8

@@ -1,0 +1,798 @@
+"""jrnn against its peers on the same shapes and data, in one process.
+
+Peers: Flax linen ``nn.RNN`` (``OptimizedLSTMCell`` / ``GRUCell`` /
+``SimpleCell``), Equinox cells (``eqx.nn.LSTMCell`` / ``GRUCell``, vmapped over
+the batch under ``lax.scan``) and PyTorch ``nn.LSTM`` / ``nn.GRU`` /
+``nn.RNN`` (cuDNN on a GPU).  Peers that are not installed are skipped with a
+note (``pip install -e .[bench]`` plus ``torch``).
+
+Two kinds of shape:
+
+* ``lm``: the language-model train step of Zaremba et al. -- embedding ->
+  ``L`` recurrent layers -> softmax over ``V`` words, loss summed over time
+  and averaged over the batch, global-norm clipping at 5, SGD, the carry
+  passed from one window to the next (truncated BPTT);
+* ``rec``: the recurrence alone, forward and backward (``sum(h)`` w.r.t.
+  the weights and the inputs), as a cuDNN benchmark does.
+
+Each implementation is timed on the same token / input arrays: a compile
+(JAX: ``jit(...).lower(...).compile()``; PyTorch: its first step), then
+``--warmup`` steps, then ``--reps`` timed repetitions of ``k`` steps (``k``
+chosen so that a repetition lasts about ``--rep-seconds``); the median of
+the per-step times is reported, with tokens/s = B * T / step time.
+
+Memory, two measures, both reported and named:
+
+* ``xla_mb``: XLA's buffer assignment of the compiled step
+  (``compiled.memory_analysis()``: arguments + outputs + temporaries -
+  donated aliases), exact for what the step allocates; JAX only;
+* ``rss_mb``: the rise of the process's resident set during the timed steps
+  over its size just before them, sampled every 2 ms from ``/proc``; every
+  implementation, but approximate (allocators keep freed memory); on a GPU
+  it is replaced by the device's peak bytes (PyTorch
+  ``max_memory_allocated``, JAX ``memory_stats()['peak_bytes_in_use']``).
+
+jrnn variants: ``--unroll 1,2,4,8`` measures each scan unroll factor;
+``--remat`` wraps each cell's step in ``jax.checkpoint`` (the backward pass
+recomputes a step's gates instead of storing them: memory for time);
+``--bf16`` does the matmuls in bfloat16 with a float32 carry, float32
+logits and float32 loss, and reports its loss and gradient error against
+float32 on the same batch.  The variants reuse jrnn's cells, ``unroll``
+and ``make_train_step`` through a :class:`jrnn.LanguageModel` whose
+``apply`` is rebuilt here.
+
+Usage::
+
+    python benchmarks/peers.py                         # CPU-sized defaults
+    python benchmarks/peers.py --shapes zaremba-small --unroll 1,2,4,8,16
+    python benchmarks/peers.py --shapes long-lstm --remat --peers jrnn,torch
+    python benchmarks/peers.py --interleave --torch-threads 2,1   # fair on a busy machine
+    python benchmarks/peers.py --list
+
+Writes ``benchmarks/out/peers-<time>.json`` (or ``--out``).  Never asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import jrnn  # noqa: E402
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+LR, CLIP = 1.0, 5.0
+
+
+class Shape(NamedTuple):
+    cell: str  # lstm | gru | elman
+    B: int
+    T: int
+    H: int
+    L: int
+    V: int  # vocabulary (lm mode); 0 in rec mode
+    mode: str  # "lm" (train step) or "rec" (recurrence fwd+bwd)
+    note: str = ""
+
+
+SHAPES = {
+    "zaremba-small": Shape("lstm", 20, 35, 200, 2, 10_000, "lm", "Zaremba et al. small"),
+    "zaremba-medium": Shape("lstm", 20, 35, 650, 2, 10_000, "lm", "Zaremba et al. medium"),
+    "large-batch": Shape("lstm", 128, 64, 1024, 1, 10_000, "lm", "B128 T64 H1024 L1 (GPU-sized)"),
+    "gru-small": Shape("gru", 20, 35, 200, 2, 10_000, "lm", "zaremba-small with a GRU"),
+    "elman-small": Shape("elman", 20, 35, 200, 2, 10_000, "lm", "zaremba-small with a tanh RNN"),
+    "rnn-long": Shape("elman", 64, 1024, 256, 1, 0, "rec", "tanh RNN fwd+bwd (GPU-sized)"),
+    "long-lstm": Shape("lstm", 8, 4096, 64, 1, 0, "rec", "T = 4096, LSTM fwd+bwd"),
+    "long-elman": Shape("elman", 8, 4096, 64, 1, 0, "rec", "T = 4096, tanh RNN fwd+bwd"),
+    "tiny-lm": Shape("lstm", 4, 8, 16, 2, 50, "lm", "smoke test"),
+    "tiny-gru": Shape("gru", 4, 8, 16, 2, 50, "lm", "smoke test"),
+    "tiny-rec": Shape("lstm", 4, 64, 16, 1, 0, "rec", "smoke test"),
+}
+CPU_DEFAULT = ["zaremba-small", "gru-small", "elman-small", "long-lstm", "long-elman"]
+GPU_DEFAULT = ["zaremba-small", "zaremba-medium", "large-batch", "gru-small", "elman-small",
+               "rnn-long", "long-lstm", "long-elman"]
+PEERS = ["jrnn", "flax", "equinox", "torch"]
+
+
+# --------------------------------------------------------------------------
+# Measuring.
+
+
+class RSSSampler:
+    """Peak resident set size above a baseline, sampled from /proc every ``interval`` s."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.available = Path("/proc/self/statm").exists()
+
+    def rss(self) -> int:
+        if not self.available:
+            return 0
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def delta_mb(self) -> Optional[float]:
+        return (self.peak - self.base) / 2**20 if self.available else None
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def time_steps(run: Callable[[int], None], sync: Callable[[], None], warmup: int, reps: int,
+               rep_seconds: float) -> dict:
+    """``run(n)`` does n steps; returns per-step times (s) of ``reps`` repetitions."""
+    run(warmup)
+    sync()
+    t = time.perf_counter()
+    run(1)
+    sync()
+    one = time.perf_counter() - t
+    k = max(1, min(1000, int(math.ceil(rep_seconds / max(one, 1e-6)))))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run(k)
+        sync()
+        times.append((time.perf_counter() - t) / k)
+    return {"step_s": statistics.median(times), "step_s_min": min(times),
+            "step_s_max": max(times), "steps_per_rep": k, "reps": reps}
+
+
+def _xla_mb(compiled) -> Optional[float]:
+    try:
+        m = compiled.memory_analysis()
+        total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                 - m.alias_size_in_bytes)
+        return total / 2**20
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _jax_device_peak_mb() -> Optional[float]:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+class Runner(NamedTuple):
+    """What a peer hands to the timer: ``compile() -> seconds``, ``run(n)``, ``sync()``."""
+
+    compile: Callable[[], float]
+    run: Callable[[int], None]
+    sync: Callable[[], None]
+    xla_mb: Callable[[], Optional[float]]
+    extra: dict
+
+
+def _jax_runner(jitted, args: list, carry_index: Optional[int], state_index: int = 0) -> Runner:
+    """Time a jitted ``f(*args) -> (state, carry, ...)`` or ``f(*args) -> grads`` step."""
+    box: dict = {"args": list(args)}
+
+    def compile_() -> float:
+        t = time.perf_counter()
+        box["compiled"] = jitted.lower(*box["args"]).compile()
+        return time.perf_counter() - t
+
+    def run(n: int) -> None:
+        f, a = box["compiled"], box["args"]
+        for _ in range(n):
+            out = f(*a)
+            if carry_index is None:
+                box["last"] = out
+            else:
+                a[state_index] = out[0]
+                a[carry_index] = out[1]
+                box["last"] = out[2]
+
+    def sync() -> None:
+        if "last" in box:
+            jax.block_until_ready(box["last"])
+
+    return Runner(compile_, run, sync, lambda: _xla_mb(box["compiled"]), {})
+
+
+# --------------------------------------------------------------------------
+# Data, shared by every implementation of one shape.
+
+
+def make_data(shape: Shape, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    if shape.mode == "lm":
+        toks = rng.integers(0, shape.V, (shape.B, shape.T + 1)).astype(np.int32)
+        return {"inputs": toks[:, :-1], "targets": toks[:, 1:]}
+    xs = rng.standard_normal((shape.T, shape.B, shape.H)).astype(np.float32)
+    return {"xs": xs}
+
+
+# --------------------------------------------------------------------------
+# jrnn and its variants.
+
+
+def _bf16_cell(cell: jrnn.Cell) -> jrnn.Cell:
+    """Matmuls in bfloat16, the carry and everything elementwise in float32.
+
+    The recurrent matmul gets ``h`` and ``W_h`` rounded to bfloat16, and its
+    bfloat16 product is promoted back to float32 when added to the float32
+    input projection.  LSTM and Elman cells use ``h`` only in that matmul, so
+    their carry stays float32; the GRU also blends ``z * h`` with the rounded
+    ``h`` (a small extra error).
+    """
+    bf16 = jnp.bfloat16
+
+    def project(params, xs):
+        return jax.lax.dot_general(
+            xs.astype(bf16), params["W"].astype(bf16), (((xs.ndim - 1,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32) + params["b"]
+
+    def step(params, carry, x_proj):
+        p = dict(params, W_h=params["W_h"].astype(bf16))
+        if isinstance(carry, jrnn.LSTMCarry):
+            low = carry._replace(h=carry.h.astype(bf16))
+        else:
+            low = carry.astype(bf16)
+        new, h = cell.step(p, low, x_proj)
+        return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), new), h.astype(jnp.float32)
+
+    return cell._replace(kind=cell.kind + "[bf16]", project=project, step=step)
+
+
+def _remat_cell(cell: jrnn.Cell) -> jrnn.Cell:
+    # The scan's backward pass re-runs each step from its carry instead of
+    # keeping the step's gates: T * B * (G + 1) * H floats fewer, one more step forward.
+    return cell._replace(kind=cell.kind + "[remat]", step=jax.checkpoint(cell.step))
+
+
+def _jrnn_cells(shape: Shape, remat: bool, bf16: bool) -> list:
+    cells = [jrnn.make_cell(shape.cell, shape.H) for _ in range(shape.L)]
+    if bf16:
+        cells = [_bf16_cell(c) for c in cells]
+    if remat:
+        cells = [_remat_cell(c) for c in cells]
+    return cells
+
+
+def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool) -> jrnn.LanguageModel:
+    """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses wrapped cells."""
+    base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
+                       num_layers=shape.L, unroll=unroll)
+    if not (remat or bf16):
+        return base
+    cells = _jrnn_cells(shape, remat, bf16)
+
+    def apply(params, tokens, carry=None, *, lengths=None, key=None):
+        del key  # no dropout in the benchmark
+        xs = params["embed"][tokens.T]
+        carry, hs = jrnn.unroll(cells, params["layers"], xs, carry, lengths=lengths,
+                                unroll=unroll)
+        hs = jnp.swapaxes(hs, 0, 1)
+        W, b = params["out"]["W"], params["out"]["b"]
+        if bf16:
+            logits = jax.lax.dot_general(hs.astype(jnp.bfloat16), W.astype(jnp.bfloat16),
+                                         (((2,), (0,)), ((), ())),
+                                         preferred_element_type=jnp.float32) + b
+        else:
+            logits = hs @ W + b
+        return logits, carry
+
+    return base._replace(apply=apply)
+
+
+def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
+                bf16: bool = False) -> Runner:
+    if shape.mode == "lm":
+        model = _jrnn_lm(shape, unroll, remat, bf16)
+        opt = optax.sgd(LR)
+        state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
+        step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
+        args = [state, jnp.asarray(data["inputs"]), jnp.asarray(data["targets"]),
+                model.initial_carry(shape.B)]
+        return _jax_runner(step, args, carry_index=3)
+    cells = _jrnn_cells(shape, remat, bf16)
+    params = [c.init(k, shape.H) for c, k in
+              zip(cells, jax.random.split(jax.random.PRNGKey(0), shape.L))]
+
+    def loss(params, xs):
+        return jnp.sum(jrnn.unroll(cells, params, xs, unroll=unroll)[1])
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
+
+
+def bf16_accuracy(shape: Shape, data: dict) -> dict:
+    """Loss and gradient of the bf16 variant against float32, same params and batch."""
+    if shape.mode != "lm":
+        cells32, cells16 = _jrnn_cells(shape, False, False), _jrnn_cells(shape, False, True)
+        params = [c.init(k, shape.H) for c, k in
+                  zip(cells32, jax.random.split(jax.random.PRNGKey(0), shape.L))]
+        xs = jnp.asarray(data["xs"])
+
+        def f(cells):
+            return jax.jit(jax.value_and_grad(lambda p, xs: jnp.sum(jrnn.unroll(cells, p, xs)[1])))
+
+        (l32, g32), (l16, g16) = f(cells32)(params, xs), f(cells16)(params, xs)
+    else:
+        m32, m16 = _jrnn_lm(shape, 1, False, False), _jrnn_lm(shape, 1, False, True)
+        params = m32.init(jax.random.PRNGKey(0))
+        x, y = jnp.asarray(data["inputs"]), jnp.asarray(data["targets"])
+
+        def f(m):
+            return jax.jit(jax.value_and_grad(
+                lambda p, x, y: jrnn.sequence_loss(m, p, x, y, batch_mean=True)[0]))
+
+        (l32, g32), (l16, g16) = f(m32)(params, x, y), f(m16)(params, x, y)
+    diff = jax.tree_util.tree_map(lambda a, b: a - b, g16, g32)
+    gnorm = float(jrnn.train.global_norm(g32))
+    return {"loss_f32": float(l32), "loss_bf16": float(l16),
+            "loss_rel_err": abs(float(l16) - float(l32)) / abs(float(l32)),
+            "grad_rel_err": float(jrnn.train.global_norm(diff)) / gnorm}
+
+
+# --------------------------------------------------------------------------
+# Flax linen.
+
+
+def flax_runner(shape: Shape, data: dict) -> Runner:
+    import flax.linen as nn
+
+    cell_cls = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "elman": nn.SimpleCell}[shape.cell]
+    H, B = shape.H, shape.B
+
+    def zeros_carry():
+        z = jnp.zeros((B, H))
+        return (z, jnp.zeros((B, H))) if shape.cell == "lstm" else z
+
+    if shape.mode == "rec":
+        class Rec(nn.Module):
+            @nn.compact
+            def __call__(self, xs):  # [B, T, H]
+                for _ in range(shape.L):
+                    xs = nn.RNN(cell_cls(H))(xs)
+                return xs
+
+        net = Rec()
+        xs = jnp.asarray(np.swapaxes(data["xs"], 0, 1))  # flax is batch-major
+        params = net.init(jax.random.PRNGKey(0), xs)
+        grad = jax.jit(jax.grad(lambda p, x: jnp.sum(net.apply(p, x)), argnums=(0, 1)))
+        return _jax_runner(grad, [params, xs], carry_index=None)
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens, carries):
+            x = nn.Embed(shape.V, H)(tokens)
+            new = []
+            for layer in range(shape.L):
+                carry, x = nn.RNN(cell_cls(H), return_carry=True)(x, initial_carry=carries[layer])
+                new.append(carry)
+            return nn.Dense(shape.V)(x), new
+
+    net = LM()
+    x, y = jnp.asarray(data["inputs"]), jnp.asarray(data["targets"])
+    carries = [zeros_carry() for _ in range(shape.L)]
+    params = net.init(jax.random.PRNGKey(0), x, carries)
+    opt = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
+
+    def step(state, x, y, carries):
+        params, opt_state = state
+
+        def loss_fn(p):
+            logits, new = net.apply(p, x, carries)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.sum(ce) / x.shape[0], new
+
+        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), jax.lax.stop_gradient(new), loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 3))
+    return _jax_runner(jitted, [(params, opt.init(params)), x, y, carries], carry_index=3)
+
+
+# --------------------------------------------------------------------------
+# Equinox.
+
+
+def equinox_runner(shape: Shape, data: dict) -> Runner:
+    import equinox as eqx
+
+    if shape.cell == "elman":
+        raise _Skip("equinox has no plain (Elman) RNN cell")
+    cell_cls = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}[shape.cell]
+    H, B = shape.H, shape.B
+    keys = jax.random.split(jax.random.PRNGKey(0), shape.L + 2)
+    cells = [cell_cls(H, H, key=keys[i]) for i in range(shape.L)]
+
+    def zeros_carry():
+        z = jnp.zeros((B, H))
+        return (z, jnp.zeros((B, H))) if shape.cell == "lstm" else z
+
+    def run_layers(cells, xs, carries):  # xs: [T, B, H]
+        finals = []
+        for cell, c0 in zip(cells, carries):
+            batched = jax.vmap(cell)  # eqx cells take one example: vmap over the batch
+
+            def body(c, x_t, batched=batched):
+                c = batched(x_t, c)
+                return c, (c[0] if isinstance(c, tuple) else c)
+
+            c, xs = jax.lax.scan(body, c0, xs)
+            finals.append(c)
+        return xs, finals
+
+    if shape.mode == "rec":
+        params, static = eqx.partition(cells, eqx.is_array)
+
+        def loss(params, xs):
+            cs = eqx.combine(params, static)
+            return jnp.sum(run_layers(cs, xs, [zeros_carry() for _ in cs])[0])
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
+
+    class LM(eqx.Module):
+        embed: eqx.nn.Embedding
+        cells: list
+        out: eqx.nn.Linear
+
+        def __call__(self, tokens, carries):  # tokens: [B, T]
+            xs = self.embed.weight[tokens.T]  # [T, B, H]
+            hs, finals = run_layers(self.cells, xs, carries)
+            return hs @ self.out.weight.T + self.out.bias, finals  # [T, B, V]
+
+    model = LM(eqx.nn.Embedding(shape.V, H, key=keys[-2]), cells,
+               eqx.nn.Linear(H, shape.V, key=keys[-1]))
+    params, static = eqx.partition(model, eqx.is_array)
+    opt = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
+
+    def step(state, x, y, carries):
+        params, opt_state = state
+
+        def loss_fn(p):
+            logits, new = eqx.combine(p, static)(x, carries)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y.T)
+            return jnp.sum(ce) / x.shape[0], new
+
+        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), jax.lax.stop_gradient(new), loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 3))
+    carries = [zeros_carry() for _ in range(shape.L)]
+    args = [(params, opt.init(params)), jnp.asarray(data["inputs"]), jnp.asarray(data["targets"]),
+            carries]
+    return _jax_runner(jitted, args, carry_index=3)
+
+
+# --------------------------------------------------------------------------
+# PyTorch.
+
+
+def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Runner:
+    import torch
+
+    def set_threads():
+        if threads:
+            torch.set_num_threads(threads)
+
+    set_threads()
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}[shape.cell]
+    H, B = shape.H, shape.B
+    rnn = rnn_cls(H, H, num_layers=shape.L).to(dev)  # time-major, as cuDNN wants
+
+    def zeros_hidden():
+        z = torch.zeros(shape.L, B, H, device=dev)
+        return (z, torch.zeros_like(z)) if shape.cell == "lstm" else z
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if shape.mode == "rec":
+        xs = torch.tensor(data["xs"], device=dev, requires_grad=True)
+
+        def run(n):
+            set_threads()
+            for _ in range(n):
+                rnn.zero_grad(set_to_none=True)
+                xs.grad = None
+                out, _ = rnn(xs)
+                out.sum().backward()
+    else:
+        embed = torch.nn.Embedding(shape.V, H).to(dev)
+        out_layer = torch.nn.Linear(H, shape.V).to(dev)
+        params = list(embed.parameters()) + list(rnn.parameters()) + list(out_layer.parameters())
+        opt = torch.optim.SGD(params, lr=LR)
+        x = torch.tensor(data["inputs"].T.copy(), dtype=torch.long, device=dev)  # [T, B]
+        y = torch.tensor(data["targets"].T.copy(), dtype=torch.long, device=dev)
+        box = {"hidden": zeros_hidden()}
+
+        def run(n):
+            set_threads()
+            for _ in range(n):
+                opt.zero_grad(set_to_none=True)
+                hs, hidden = rnn(embed(x), box["hidden"])
+                logits = out_layer(hs)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, shape.V), y.reshape(-1), reduction="sum") / B
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, CLIP)
+                opt.step()
+                box["hidden"] = (tuple(h.detach() for h in hidden) if isinstance(hidden, tuple)
+                                 else hidden.detach())
+
+    def compile_():
+        t = time.perf_counter()
+        run(1)
+        sync()
+        return time.perf_counter() - t
+
+    extra = {"threads": torch.get_num_threads(),
+             "cudnn": bool(dev.type == "cuda" and torch.backends.cudnn.enabled)}
+    return Runner(compile_, run, sync, lambda: None, extra)
+
+
+# --------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    pass
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "jax": jax.__version__,
+           "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
+           "numpy": np.__version__, "optax": optax.__version__, "jrnn": jrnn.__version__}
+    for name in ("flax", "equinox", "torch"):
+        out[name] = _pkg_version(name)
+    return out
+
+
+def _pkg_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "nproc": os.cpu_count(),
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "device_kind": jax.devices()[0].device_kind}
+    try:
+        info["sched_affinity"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def measure(name: str, make: Callable[[], Runner], shape: Shape, args) -> tuple:
+    gc.collect()
+    rec: dict = {"impl": name}
+    try:
+        runner = make()
+    except _Skip as e:
+        return {**rec, "skipped": str(e)}, None
+    except ImportError as e:
+        return {**rec, "skipped": f"not installed ({e.name})"}, None
+    rec["compile_s"] = runner.compile()
+    with RSSSampler() as mem:
+        rec.update(time_steps(runner.run, runner.sync, args.warmup, args.reps, args.rep_seconds))
+    rec["tokens_per_s"] = shape.B * shape.T / rec["step_s"]
+    rec["xla_mb"] = runner.xla_mb()
+    rec["rss_mb"] = mem.delta_mb
+    if _on_gpu():
+        if name.startswith("torch"):
+            import torch
+
+            rec["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            rec["device_peak_mb"] = _jax_device_peak_mb()  # process-wide high-water mark
+    rec.update(runner.extra)
+    return rec, runner
+
+
+def interleave(measured: list, shape: Shape, reps: int) -> None:
+    """Time every implementation again, round-robin, so that all see the same contention."""
+    times: dict = {i: [] for i, (rec, runner) in enumerate(measured) if runner is not None}
+    for _ in range(reps):
+        for i in times:
+            rec, runner = measured[i]
+            k = rec["steps_per_rep"]
+            t = time.perf_counter()
+            runner.run(k)
+            runner.sync()
+            times[i].append((time.perf_counter() - t) / k)
+    for i, ts in times.items():
+        rec = measured[i][0]
+        rec["step_s_interleaved"] = statistics.median(ts)
+        rec["tokens_per_s_interleaved"] = shape.B * shape.T / rec["step_s_interleaved"]
+
+
+def _step_s(rec: dict) -> float:
+    return rec.get("step_s_interleaved", rec["step_s"])
+
+
+def run_shape(shape_name: str, args) -> dict:
+    shape = SHAPES[shape_name]
+    data = make_data(shape)
+    impls: list[tuple[str, Callable[[], Runner]]] = []
+    if "jrnn" in args.peers:
+        for u in args.unroll:
+            impls.append((f"jrnn[u={u}]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
+        if args.remat:
+            u = args.unroll[0]
+            impls.append((f"jrnn[u={u},remat]",
+                          lambda u=u: jrnn_runner(shape, data, unroll=u, remat=True)))
+        if args.bf16:
+            u = args.unroll[0]
+            impls.append((f"jrnn[u={u},bf16]",
+                          lambda u=u: jrnn_runner(shape, data, unroll=u, bf16=True)))
+    makers = {"flax": flax_runner, "equinox": equinox_runner, "torch": torch_runner}
+    for peer in args.peers:
+        if peer == "torch" and args.torch_threads:
+            for n in args.torch_threads:
+                impls.append((f"torch[t={n}]", lambda n=n: torch_runner(shape, data, n)))
+        elif peer in makers:
+            impls.append((peer, lambda peer=peer: makers[peer](shape, data)))
+
+    measured = []
+    for name, make in impls:
+        rec, runner = measure(name, make, shape, args)
+        measured.append((rec, runner if args.interleave else None))
+        _print_progress(shape_name, rec)
+    if args.interleave:
+        interleave(measured, shape, args.reps)
+    rows = [rec for rec, _ in measured]
+    del measured
+    peers = {r["impl"]: r for r in rows if "step_s" in r and not r["impl"].startswith("jrnn")}
+    for r in rows:
+        if r["impl"].startswith("jrnn") and "step_s" in r:
+            r["ratio"] = {p: _step_s(pr) / _step_s(r) for p, pr in peers.items()}
+    out = {"shape": shape_name, **shape._asdict(), "rows": rows}
+    if args.bf16:
+        out["bf16_accuracy"] = bf16_accuracy(shape, data)
+    return out
+
+
+def _print_progress(shape_name: str, rec: dict) -> None:
+    if "skipped" in rec:
+        print(f"  {shape_name:15s} {rec['impl']:22s} skipped: {rec['skipped']}", flush=True)
+    else:
+        print(f"  {shape_name:15s} {rec['impl']:22s} {rec['step_s'] * 1e3:9.2f} ms "
+              f"{rec['tokens_per_s']:12,.0f} tok/s  compile {rec['compile_s']:.2f} s", flush=True)
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(results: list, peers: list, interleaved: bool = False) -> None:
+    names = [r["impl"] for res in results for r in res["rows"] if "step_s" in r]
+    peer_cols = list(dict.fromkeys(n for n in names if not n.startswith("jrnn")))
+    head = (f"{'shape':15s} {'impl':20s} {'tok/s':>11s} {'step ms':>9s} {'compile s':>9s} "
+            f"{'xla MB':>8s} {'rss MB':>8s} " + " ".join(f"{'x' + p:>9s}" for p in peer_cols))
+    print()
+    print(head)
+    print("-" * len(head))
+    for res in results:
+        for r in res["rows"]:
+            if "skipped" in r:
+                print(f"{res['shape']:15s} {r['impl']:20s} skipped: {r['skipped']}")
+                continue
+            ratios = " ".join(_fmt(r.get("ratio", {}).get(p), "9.2f") for p in peer_cols)
+            print(f"{res['shape']:15s} {r['impl']:20s} {res['B'] * res['T'] / _step_s(r):11,.0f} "
+                  f"{_step_s(r) * 1e3:9.2f} {r['compile_s']:9.2f} {_fmt(r['xla_mb'], '8.1f')} "
+                  f"{_fmt(r['rss_mb'], '8.1f')} {ratios}")
+        if "bf16_accuracy" in res:
+            a = res["bf16_accuracy"]
+            print(f"{'':15s} bf16 vs f32: loss rel err {a['loss_rel_err']:.2e}, "
+                  f"grad rel err {a['grad_rel_err']:.2e}")
+    print("\nx<peer>: peer step time / jrnn step time (> 1: jrnn faster)."
+          + (" Times from the interleaved (round-robin) repetitions." if interleaved else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated shape names (default: a CPU or GPU set); see --list")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"subset of {PEERS}")
+    p.add_argument("--unroll", default="1", help="jrnn scan unroll factors to measure, e.g. 1,2,4,8")
+    p.add_argument("--remat", action="store_true", help="also time jrnn with jax.checkpoint'ed steps")
+    p.add_argument("--bf16", action="store_true", help="also time jrnn with bf16 matmuls")
+    p.add_argument("--torch-threads", default="",
+                   help="PyTorch intra-op thread counts to measure, e.g. 2,1 (default: its own)")
+    p.add_argument("--interleave", action="store_true",
+                   help="after the one-by-one runs, time all implementations again round-robin "
+                        "(fairer on a busy machine; the table then uses these times)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--rep-seconds", type=float, default=0.5)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/out/peers-<time>.json)")
+    p.add_argument("--list", action="store_true", help="list the shapes and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, s in SHAPES.items():
+            print(f"{name:15s} {s.mode:3s} {s.cell:5s} B={s.B} T={s.T} H={s.H} L={s.L} V={s.V}  {s.note}")
+        return 0
+    shapes = (args.shapes.split(",") if args.shapes
+              else (GPU_DEFAULT if jax.default_backend() == "gpu" else CPU_DEFAULT))
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        p.error(f"unknown shapes {unknown}; see --list")
+    args.peers = args.peers.split(",")
+    args.unroll = [int(u) for u in args.unroll.split(",")]
+    args.torch_threads = [int(n) for n in args.torch_threads.split(",") if n]
+    info = {"machine": machine(), "versions": versions(), "argv": sys.argv,
+            "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "settings": {"lr": LR, "clip": CLIP, "warmup": args.warmup, "reps": args.reps,
+                         "rep_seconds": args.rep_seconds}}
+    print(json.dumps(info["machine"]), json.dumps(info["versions"]), sep="\n", flush=True)
+    results = [run_shape(s, args) for s in shapes]
+    try:
+        info["machine"]["loadavg_end"] = os.getloadavg()
+    except OSError:
+        pass
+    print_table(results, args.peers, args.interleave)
+    out = Path(args.out) if args.out else OUT_DIR / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**info, "results": results}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
