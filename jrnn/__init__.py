@@ -7,7 +7,7 @@ BPTT training step.  ``jrnn.reference`` holds the same math as NumPy loops
 with a hand-written backward pass.
 """
 
-from jrnn import distributed, interop, parallel, reference
+from jrnn import diagnostics, distributed, interop, parallel, reference, tasks
 from jrnn.cells import (
     ACTIVATIONS,
     CELL_KINDS,
@@ -54,6 +54,7 @@ __all__ = [
     "NNLMConfig",
     "TrainState",
     "all_finite",
+    "diagnostics",
     "auto_unroll",
     "distributed",
     "elman",
@@ -75,6 +76,7 @@ __all__ = [
     "reverse_within_lengths",
     "rnn_lm",
     "sequence_loss",
+    "tasks",
     "token_log_probs",
     "unroll",
 ]

@@ -70,7 +70,9 @@ def _unroll_arg(text: str):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jrnn", description="Train, evaluate and use RNN language models.")
+        prog="jrnn", description="Train, evaluate and use RNN language models.",
+        epilog="Also: `jrnn diagnose --help` (gradient flow, information decay) and "
+               "`jrnn tasks --help` (adding, copy-memory and agreement task sweeps).")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a language model")
@@ -553,6 +555,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "next": cm
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("diagnose", "tasks"):
+        # Gradient-flow / decay plots and long-range task sweeps (jrnn.cli_tools).
+        from jrnn import cli_tools
+
+        tool = cli_tools.diagnose_main if argv[0] == "diagnose" else cli_tools.tasks_main
+        return tool(argv[1:])
     args = _parser().parse_args(argv)
     from jrnn.checkpoint import CheckpointError
     from jrnn.data import DataError

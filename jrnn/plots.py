@@ -1,0 +1,188 @@
+"""Figures for the diagnostics and the task sweeps (matplotlib, Agg backend).
+
+matplotlib is imported inside each function, so ``import jrnn`` never needs
+it (install it with ``pip install jrnn[plot]``).  Every function takes plain
+arrays or the NamedTuples of :mod:`jrnn.diagnostics` / :mod:`jrnn.tasks`,
+writes ``<path>.png`` (and ``<path>.svg`` with ``svg=True``) and returns the
+paths written.  Figures are sized to stay well under 200 KB as PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["gradient_flow_figure", "decay_figure", "training_figure", "sweep_figure"]
+
+_COLORS = {"linear": "tab:gray", "tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:red",
+           "lstm": "tab:green", "gru": "tab:purple"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'jrnn[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str, svg: bool) -> list[str]:
+    base, ext = os.path.splitext(path)
+    if ext.lower() not in (".png", ".svg", ""):
+        raise ValueError(f"path must end in .png (or have no extension), got {path!r}")
+    directory = os.path.dirname(os.path.abspath(base))
+    os.makedirs(directory, exist_ok=True)
+    out = [base + ".png"]
+    fig.savefig(out[0], dpi=80)
+    if svg:
+        out.append(base + ".svg")
+        fig.savefig(out[1])
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return out
+
+
+def _positive(y) -> np.ndarray:
+    """Values a log axis can show: non-positive or non-finite ones (underflow, overflow) become gaps."""
+    y = np.asarray(y, np.float64)
+    return np.where(np.isfinite(y) & (y > 0), y, np.nan)
+
+
+def gradient_flow_figure(
+    curves: Mapping[str, tuple],
+    path: str,
+    *,
+    bounds: Optional[Mapping[str, tuple]] = None,
+    title: str = "Gradient flow through time",
+    ylabel: str = "||dL_T / dh_t||  (relative to distance 0)",
+    svg: bool = False,
+) -> list[str]:
+    """Norm against distance ``T - t`` on a log scale, one line per cell.
+
+    Args:
+      curves: ``{name: (distances int[K], norms float[K])}``.
+      path: output file (``.png``).
+      bounds: optional ``{name: (distances, bound)}`` drawn dashed in the
+        same colour (e.g. :func:`jrnn.diagnostics.elman_jacobian_bound`).
+      Values that underflowed to 0 are left out (the line stops).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for name, (d, y) in curves.items():
+        ax.semilogy(np.asarray(d), _positive(y), label=name, color=_COLORS.get(name), lw=1.8)
+    for name, (d, y) in (bounds or {}).items():
+        ax.semilogy(np.asarray(d), _positive(y), ls="--", lw=1.2, color=_COLORS.get(name),
+                    label=f"{name} bound")
+    ax.set_xlabel("distance T - t (steps)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def decay_figure(curves: Mapping[str, object], path: str, *,
+                 title: str = "Information decay", svg: bool = False) -> list[str]:
+    """Two panels: ``||dh_T/dx_{T-1-k}||`` (log scale) and the probe accuracy with chance.
+
+    Args:
+      curves: ``{name: DecayCurve}`` from :func:`jrnn.diagnostics.information_decay`.
+    """
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    chance = None
+    for name, c in curves.items():
+        color = _COLORS.get(name)
+        a1.semilogy(np.asarray(c.lags), _positive(c.sensitivity), label=name, color=color)
+        a2.plot(np.asarray(c.lags), np.asarray(c.probe_accuracy), label=name, color=color, marker=".")
+        chance = float(np.mean(np.asarray(c.chance)))
+    if chance is not None:
+        a2.axhline(chance, color="k", ls=":", lw=1, label="chance")
+    a1.set_xlabel("lag k")
+    a1.set_ylabel("||dh_T / dx_{T-1-k}||")
+    a2.set_xlabel("lag k")
+    a2.set_ylabel("probe accuracy for token_{T-1-k}")
+    a2.set_ylim(0, 1.02)
+    for a in (a1, a2):
+        a.grid(True, alpha=0.3)
+    a2.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def training_figure(traces: Mapping[str, object], path: str, *, title: str = "Training",
+                    svg: bool = False) -> list[str]:
+    """Loss and pre-clip gradient norm per step; a cross marks the first non-finite step.
+
+    Args:
+      traces: ``{name: TrainingTrace}`` from :func:`jrnn.diagnostics.watch_training`.
+    """
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for i, (name, tr) in enumerate(traces.items()):
+        color = f"C{i}"
+        steps = np.arange(len(tr.loss))
+        # Non-finite values are left out of the lines; the cross marks where they start.
+        loss, gnorm = _positive(tr.loss), _positive(tr.grad_norm)
+        a1.semilogy(steps, loss, color=color, label=name, marker="." if len(steps) < 10 else None)
+        a2.semilogy(steps, gnorm, color=color, label=name, marker="." if len(steps) < 10 else None)
+        if tr.first_nonfinite is not None:
+            s = tr.first_nonfinite.step
+            for a in (a1, a2):
+                a.axvline(s, color=color, ls=":", lw=1)
+            seen = gnorm[: s + 1][np.isfinite(gnorm[: s + 1])]
+            a2.plot([s], [seen.max() if seen.size else 1.0], "x", color=color, ms=9,
+                    label=f"{name}: non-finite at step {s}")
+    a1.set_xlabel("step")
+    a1.set_ylabel("loss")
+    a2.set_xlabel("step")
+    a2.set_ylabel("gradient norm before clipping")
+    for a in (a1, a2):
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def sweep_figure(results: Sequence[object], path: str, *, solved_at: Optional[float] = None,
+                 title: Optional[str] = None, svg: bool = False) -> list[str]:
+    """Held-out metric against length, one line per cell, chance dotted, the solved level dashed.
+
+    Args:
+      results: :class:`jrnn.tasks.TaskResult` s of one task.
+      solved_at: the task's threshold, drawn dashed (``task.solved_at``).
+    """
+    plt = _pyplot()
+    if not results:
+        raise ValueError("no results to plot")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cells = list(dict.fromkeys(r.cell for r in results))
+    for name in cells:
+        best: dict = {}
+        for r in results:
+            if r.cell == name:
+                best[r.length] = max(best.get(r.length, -1.0), r.metric)
+        xs = sorted(best)
+        ax.plot(xs, [best[x] for x in xs], marker="o", label=name, color=_COLORS.get(name))
+    ax.axhline(float(np.mean([r.chance for r in results])), color="k", ls=":", lw=1, label="chance")
+    if solved_at is not None:
+        ax.axhline(solved_at, color="k", ls="--", lw=0.8, label="solved")
+    ax.set_xscale("log")
+    ax.set_xlabel("length T (distance k for agreement)")
+    ax.set_ylabel("held-out metric")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or f"{results[0].task}: where each cell stops learning")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, svg)

@@ -1,0 +1,513 @@
+"""Long-range dependency tasks: where does each cell stop learning?
+
+Three seeded, jit-friendly generators, each a :class:`Task` with a loss, a
+metric and the metric's chance baseline:
+
+* :func:`adding_problem` -- Hochreiter & Schmidhuber (1997), experiment 4:
+  pairs (value, marker); two values are marked; the target at the sequence's
+  end is their (scaled) sum; a sequence counts as solved when the absolute
+  error is below 0.04.
+* :func:`copy_memory` -- Arjovsky, Shah & Bengio (2016): ten symbols, ``T``
+  blanks, a delimiter, then the ten symbols must be recalled.  The no-memory
+  baseline's cross-entropy is ``10 log(8) / (T + 20)``.
+* :func:`separable_verb` -- the lecture's "Anna *sieht* sich die Talkshow
+  *an*": a verb opens a dependency that the matching particle closes ``k``
+  words later, with distractor words between; the metric is the accuracy of
+  choosing the right particle.
+
+A task model is a cell plus a linear readout on every step
+(:func:`init_task_model`, :func:`task_outputs`); :func:`train_task` fits one
+with Adam within a fixed budget of steps, and :func:`sweep` runs a cell over
+growing lengths to find where it stops learning.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jrnn.cells import Cell
+from jrnn.diagnostics import CELL_NAMES, cell_by_name
+from jrnn.unrolling import unroll
+
+Array = jax.Array
+
+__all__ = [
+    "TaskBatch",
+    "Task",
+    "TaskResult",
+    "adding_problem",
+    "copy_memory",
+    "separable_verb_tokens",
+    "separable_verb",
+    "SEPARABLE_VOCAB",
+    "SEPARABLE_PAIRS",
+    "adding_task",
+    "copy_task",
+    "agreement_task",
+    "get_task",
+    "TASK_NAMES",
+    "init_task_model",
+    "task_outputs",
+    "train_task",
+    "sweep",
+    "longest_solved",
+]
+
+
+class TaskBatch(NamedTuple):
+    """One batch of a task (batch-major)."""
+
+    inputs: Array  # float[B, T, D]
+    targets: Array  # adding: float[B]; copy / agreement: int[B, T]
+    lengths: Optional[Array]  # int[B] valid steps, or None when every sequence is T long
+
+
+def _check_size(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ---- the adding problem -------------------------------------------------------------
+
+ADDING_TOLERANCE = 0.04
+
+
+def adding_problem(key: Array, batch_size: int, length: int, *, variant: str = "hs97",
+                   dtype=jnp.float32) -> TaskBatch:
+    """The adding problem, ``inputs: float[B, T', 2]`` (value, marker) and ``targets: float[B]``.
+
+    ``variant="hs97"`` follows Hochreiter & Schmidhuber (1997), experiment 4:
+    values are uniform in [-1, 1]; sequence lengths are uniform in
+    ``[T, T + T//10]`` (padded to ``T' = T + T//10``, ``lengths`` says how
+    long each is); one of the first ten pairs is marked (marker 1.0, value
+    ``X1``), then one of the first ``T/2 - 1`` still unmarked pairs
+    (``X2``); the first and last pairs carry marker -1 unless marked; if the
+    first pair is marked its value is set to 0.  The target is
+    ``0.5 + (X1 + X2) / 4``, in [0, 1].
+
+    ``variant="sum"`` is the form most later papers use (e.g. Le et al.
+    2015): length exactly T, values uniform in [0, 1], one marker in each
+    half, target ``X1 + X2`` in [0, 2].
+
+    Either way a sequence counts as solved when ``|prediction - target| <
+    0.04``.  ``length`` must be at least 10.  Jit with ``batch_size``,
+    ``length`` and ``variant`` static.
+
+    Example:
+      >>> import jax
+      >>> from jrnn import tasks
+      >>> b = tasks.adding_problem(jax.random.PRNGKey(0), 4, 20)
+      >>> b.inputs.shape, b.targets.shape, [int(n) for n in (b.inputs[..., 1] == 1).sum(1)]
+      ((4, 22, 2), (4,), [2, 2, 2, 2])
+    """
+    B = _check_size("batch_size", batch_size)
+    T = _check_size("length", length, 10)
+    t = jnp.arange(T + T // 10 if variant == "hs97" else T)[None, :]
+    k_len, k_val, k1, k2 = jax.random.split(key, 4)
+    if variant == "hs97":
+        Tp = T + T // 10
+        lengths = jax.random.randint(k_len, (B,), T, Tp + 1)
+        values = jax.random.uniform(k_val, (B, Tp), dtype, -1.0, 1.0)
+        p1 = jax.random.randint(k1, (B,), 0, 10)
+        r = jax.random.randint(k2, (B,), 0, T // 2 - 1)
+        p2 = jnp.where(r < p1, r, r + 1)  # the r-th pair that is still unmarked
+        valid = t < lengths[:, None]
+        marked = (t == p1[:, None]) | (t == p2[:, None])
+        ends = ((t == 0) | (t == lengths[:, None] - 1)) & ~marked
+        marker = jnp.where(marked, 1.0, jnp.where(ends, -1.0, 0.0))
+        values = jnp.where(valid & ~(marked & (t == 0)), values, 0.0)
+        marker = jnp.where(valid, marker, 0.0).astype(dtype)
+        x = jnp.take_along_axis(values, jnp.stack([p1, p2], 1), axis=1)
+        targets = 0.5 + (x[:, 0] + x[:, 1]) / 4.0
+    elif variant == "sum":
+        lengths = None
+        values = jax.random.uniform(k_val, (B, T), dtype)
+        p1 = jax.random.randint(k1, (B,), 0, T // 2)
+        p2 = jax.random.randint(k2, (B,), T // 2, T)
+        marker = ((t == p1[:, None]) | (t == p2[:, None])).astype(dtype)
+        targets = jnp.sum(values * marker, axis=1)
+    else:
+        raise ValueError(f"variant must be 'hs97' or 'sum', got {variant!r}")
+    inputs = jnp.stack([values.astype(dtype), marker], axis=-1)
+    return TaskBatch(inputs, targets.astype(dtype), lengths)
+
+
+# ---- the copy-memory task --------------------------------------------------------
+
+COPY_SYMBOLS = 8  # data symbols 1..8; 0 is the blank, 9 the delimiter
+COPY_PATTERN = 10
+COPY_CLASSES = COPY_SYMBOLS + 2
+
+
+def copy_memory(key: Array, batch_size: int, length: int, *, dtype=jnp.float32) -> TaskBatch:
+    """Arjovsky et al. (2016)'s copy task: ``inputs: float[B, T+20, 10]`` one-hot, ``targets: int[B, T+20]``.
+
+    Input: ten symbols from {1..8}, ``T - 1`` blanks (0), the delimiter (9),
+    ten blanks.  Target: ``T + 10`` blanks, then the ten symbols.  A model
+    that remembers nothing predicts blanks and then guesses uniformly, for a
+    mean cross-entropy of ``10 log(8) / (T + 20)``.
+
+    Example:
+      >>> import jax
+      >>> from jrnn import tasks
+      >>> b = tasks.copy_memory(jax.random.PRNGKey(0), 2, 5)
+      >>> b.inputs.shape, bool((b.targets[:, -10:] == b.inputs[:, :10].argmax(-1)).all())
+      ((2, 25, 10), True)
+    """
+    B = _check_size("batch_size", batch_size)
+    T = _check_size("length", length)
+    pattern = jax.random.randint(key, (B, COPY_PATTERN), 1, COPY_SYMBOLS + 1)
+    blanks = lambda n: jnp.zeros((B, n), pattern.dtype)
+    delim = jnp.full((B, 1), COPY_SYMBOLS + 1, pattern.dtype)
+    x = jnp.concatenate([pattern, blanks(T - 1), delim, blanks(COPY_PATTERN)], axis=1)
+    y = jnp.concatenate([blanks(T + COPY_PATTERN), pattern], axis=1)
+    return TaskBatch(jax.nn.one_hot(x, COPY_CLASSES, dtype=dtype), y.astype(jnp.int32), None)
+
+
+def copy_baseline_loss(length: int) -> float:
+    """The no-memory baseline's mean cross-entropy, ``10 log(8) / (T + 20)``."""
+    return COPY_PATTERN * math.log(COPY_SYMBOLS) / (length + 2 * COPY_PATTERN)
+
+
+# ---- the separable-verb agreement task ------------------------------------------------
+
+# A verb and the particle that must close it ("sieht ... an" = ansehen).
+SEPARABLE_PAIRS = (
+    ("sieht", "an"), ("hört", "auf"), ("kommt", "mit"), ("macht", "zu"),
+    ("lädt", "ein"), ("geht", "weg"), ("nimmt", "teil"), ("stellt", "vor"),
+)
+_SUBJECTS = ("Anna", "Ben", "Clara", "David", "Eva", "Felix")
+_DISTRACTORS = (
+    "sich", "die", "Talkshow", "heute", "abend", "im", "Fernsehen", "ohne", "großes",
+    "Interesse", "wieder", "gern", "den", "ganzen", "Tag", "lang", "oft", "noch",
+)
+SEPARABLE_VOCAB = (("<s>", ".") + _SUBJECTS + tuple(v for v, _ in SEPARABLE_PAIRS)
+                   + tuple(p for _, p in SEPARABLE_PAIRS) + _DISTRACTORS)
+_VERB0 = 2 + len(_SUBJECTS)
+_PARTICLE0 = _VERB0 + len(SEPARABLE_PAIRS)
+_DISTRACTOR0 = _PARTICLE0 + len(SEPARABLE_PAIRS)
+
+
+def separable_verb_tokens(key: Array, batch_size: int, distance: int) -> Array:
+    """Sentences ``<s> subject verb d_1 .. d_{k-1} particle .``: ``int[B, k + 4]``.
+
+    The verb is at position 2 and its particle at position ``k + 2``, ``k =
+    distance`` words later; between them ``k - 1`` distractors drawn
+    uniformly (with repetition) from a filler vocabulary that holds no verb
+    or particle.  Ids index :data:`SEPARABLE_VOCAB`.
+
+    Example:
+      >>> import jax
+      >>> from jrnn import tasks
+      >>> s = tasks.separable_verb_tokens(jax.random.PRNGKey(3), 1, 3)[0]
+      >>> len(s), tasks.SEPARABLE_VOCAB[int(s[2])] in [v for v, _ in tasks.SEPARABLE_PAIRS]
+      (7, True)
+    """
+    B = _check_size("batch_size", batch_size)
+    k = _check_size("distance", distance)
+    k_subj, k_pair, k_fill = jax.random.split(key, 3)
+    subj = 2 + jax.random.randint(k_subj, (B, 1), 0, len(_SUBJECTS))
+    pair = jax.random.randint(k_pair, (B, 1), 0, len(SEPARABLE_PAIRS))
+    fill = _DISTRACTOR0 + jax.random.randint(k_fill, (B, k - 1), 0, len(_DISTRACTORS))
+    start = jnp.zeros((B, 1), subj.dtype)
+    stop = jnp.ones((B, 1), subj.dtype)
+    return jnp.concatenate([start, subj, _VERB0 + pair, fill, _PARTICLE0 + pair, stop], axis=1)
+
+
+def separable_verb(key: Array, batch_size: int, distance: int, *, dtype=jnp.float32) -> TaskBatch:
+    """The agreement task as language modelling: one-hot ``inputs: float[B, k+3, V]``, next-token ``targets``.
+
+    ``inputs`` are the sentence without its last token, ``targets`` the
+    sentence shifted by one; the particle is ``targets[:, k + 1]``.
+    """
+    tokens = separable_verb_tokens(key, batch_size, distance)
+    x = jax.nn.one_hot(tokens[:, :-1], len(SEPARABLE_VOCAB), dtype=dtype)
+    return TaskBatch(x, tokens[:, 1:].astype(jnp.int32), None)
+
+
+# ---- tasks as data -------------------------------------------------------------------
+
+class Task(NamedTuple):
+    """A task: a generator, a loss, and a metric with its chance baseline.
+
+    * ``sample(key, batch_size, length) -> TaskBatch``
+    * ``loss(outputs: float[B, T, O], batch) -> scalar``
+    * ``evaluate(outputs, batch) -> dict`` with ``metric`` (higher is better),
+      ``chance`` (the same metric for a model that remembers nothing) and
+      ``loss`` / ``baseline_loss``.
+    * ``solved_at``: the metric at which a length counts as solved.
+    """
+
+    name: str
+    metric_name: str
+    input_size: int
+    output_size: int
+    min_length: int
+    solved_at: float
+    sample: Callable[..., TaskBatch]
+    loss: Callable[[Array, TaskBatch], Array]
+    evaluate: Callable[[Array, TaskBatch], dict]
+
+
+def _last_output(outputs: Array, batch: TaskBatch) -> Array:
+    if batch.lengths is None:
+        return outputs[:, -1, 0]
+    return jnp.take_along_axis(outputs[..., 0], batch.lengths[:, None] - 1, axis=1)[:, 0]
+
+
+def adding_task(variant: str = "hs97") -> Task:
+    """The adding problem as a :class:`Task`: metric = fraction of sequences with ``|error| < 0.04``.
+
+    Chance: always predicting the mean target (0.5 for ``hs97``, 1.0 for ``sum``).
+    A length counts as solved when 95% of held-out sequences are.
+    """
+    if variant not in ("hs97", "sum"):
+        raise ValueError(f"variant must be 'hs97' or 'sum', got {variant!r}")
+    mean_target = 0.5 if variant == "hs97" else 1.0
+
+    def sample(key, batch_size, length):
+        return adding_problem(key, batch_size, length, variant=variant)
+
+    def loss(outputs, batch):
+        return jnp.mean(jnp.square(_last_output(outputs, batch) - batch.targets))
+
+    def evaluate(outputs, batch):
+        err = jnp.abs(_last_output(outputs, batch) - batch.targets)
+        base = jnp.abs(mean_target - batch.targets)
+        return {"metric": jnp.mean(err < ADDING_TOLERANCE), "chance": jnp.mean(base < ADDING_TOLERANCE),
+                "loss": jnp.mean(err**2), "baseline_loss": jnp.mean(base**2)}
+
+    return Task(f"adding[{variant}]" if variant != "hs97" else "adding", "solved fraction",
+                2, 1, 10, 0.95, sample, loss, evaluate)
+
+
+def _mean_ce(outputs, targets):
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, targets))
+
+
+def copy_task() -> Task:
+    """The copy task as a :class:`Task`: metric = accuracy on the ten recalled symbols.
+
+    Chance 1/8; loss and baseline are the mean cross-entropy over all
+    ``T + 20`` steps and ``10 log(8) / (T + 20)``.  Solved at 90% accuracy.
+    """
+
+    def loss(outputs, batch):
+        return _mean_ce(outputs, batch.targets)
+
+    def evaluate(outputs, batch):
+        T = batch.targets.shape[1] - 2 * COPY_PATTERN
+        pred = jnp.argmax(outputs[:, -COPY_PATTERN:], axis=-1)
+        acc = jnp.mean(pred == batch.targets[:, -COPY_PATTERN:])
+        return {"metric": acc, "chance": jnp.asarray(1.0 / COPY_SYMBOLS),
+                "loss": _mean_ce(outputs, batch.targets),
+                "baseline_loss": jnp.asarray(copy_baseline_loss(T))}
+
+    return Task("copy", "recall accuracy", COPY_CLASSES, COPY_CLASSES, 1, 0.9,
+                copy_memory, loss, evaluate)
+
+
+def agreement_task() -> Task:
+    """The separable-verb task as a :class:`Task`: metric = accuracy of the particle.
+
+    The model is trained as a language model on whole sentences; the metric
+    asks which of the eight particles it ranks highest where the particle
+    is due (chance 1/8).  Solved at 90% accuracy.
+    """
+    V, P = len(SEPARABLE_VOCAB), len(SEPARABLE_PAIRS)
+
+    def loss(outputs, batch):
+        return _mean_ce(outputs, batch.targets)
+
+    def evaluate(outputs, batch):
+        pos = batch.targets.shape[1] - 2  # the particle, just before the final "."
+        particle_logits = outputs[:, pos, _PARTICLE0 : _PARTICLE0 + P]
+        acc = jnp.mean(_PARTICLE0 + jnp.argmax(particle_logits, -1) == batch.targets[:, pos])
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs[:, pos], batch.targets[:, pos])
+        return {"metric": acc, "chance": jnp.asarray(1.0 / P), "loss": jnp.mean(ce),
+                "baseline_loss": jnp.asarray(math.log(P))}
+
+    return Task("agreement", "particle accuracy", V, V, 1, 0.9, separable_verb, loss, evaluate)
+
+
+TASK_NAMES = ("adding", "copy", "agreement")
+
+
+def get_task(name: str) -> Task:
+    """A task by name: ``"adding"`` (H&S 1997), ``"adding-sum"``, ``"copy"`` or ``"agreement"``."""
+    makers = {"adding": adding_task, "adding-sum": lambda: adding_task("sum"),
+              "copy": copy_task, "agreement": agreement_task}
+    if name not in makers:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(makers)}")
+    return makers[name]()
+
+
+# ---- a cell with a readout, trained on a task ------------------------------------------
+
+def init_task_model(cell: Cell, task: Task, key: Array, dtype=jnp.float32) -> dict:
+    """``{"cell": cell params, "out": {"W": [H, O], "b": [O]}}`` for ``task``."""
+    k_cell, k_out = jax.random.split(key)
+    H, O = cell.hidden_size, task.output_size
+    s = 1.0 / math.sqrt(H)
+    return {"cell": cell.init(k_cell, task.input_size, dtype),
+            "out": {"W": jax.random.uniform(k_out, (H, O), dtype, -s, s), "b": jnp.zeros((O,), dtype)}}
+
+
+def task_outputs(cell: Cell, params: dict, batch: TaskBatch) -> Array:
+    """The readout on every step: ``float[B, T, O]``."""
+    _, hs = unroll(cell, params["cell"], batch.inputs, lengths=batch.lengths, time_major=False)
+    return hs @ params["out"]["W"] + params["out"]["b"]
+
+
+class TaskResult(NamedTuple):
+    """One training run on one task at one length."""
+
+    task: str
+    cell: str
+    length: int
+    seed: int
+    steps: int  # steps actually run (training stops early once solved)
+    metric: float
+    chance: float
+    loss: float
+    baseline_loss: float
+    solved: bool
+    seconds: float
+    history: list  # [(step, train loss, held-out metric)]
+
+
+def train_task(
+    task: Task,
+    cell_name: str,
+    length: int,
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    hidden_size: int = 64,
+    learning_rate: float = 3e-3,
+    clip_norm: float = 1.0,
+    seed: int = 0,
+    eval_size: int = 1000,
+    eval_every: int = 250,
+    stop_when_solved: bool = True,
+    on_progress: Optional[Callable[[int, int, float, float], None]] = None,
+) -> TaskResult:
+    """Train ``cell_name`` on ``task`` at ``length`` within a budget of ``steps`` Adam steps.
+
+    Fresh batches come from the generator every step (seeded by ``seed``);
+    every ``eval_every`` steps the model is scored on one fixed held-out
+    batch of ``eval_size`` sequences from an independent key, and training
+    stops early once ``task.solved_at`` is reached.  The steps between two
+    evaluations run as one jitted ``lax.scan``.  LSTMs start with forget
+    bias 1.
+
+    ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
+    """
+    _check_size("steps", steps)
+    _check_size("eval_every", eval_every)
+    length = _check_size("length", length, task.min_length)
+    kwargs = {"forget_bias": 1.0} if cell_name == "lstm" else {}
+    cell = cell_by_name(cell_name, hidden_size, **kwargs)
+    k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = init_task_model(cell, task, k_init)
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+    opt_state = tx.init(params)
+    eval_batch = task.sample(k_eval, eval_size, length)
+
+    def loss_fn(params, batch):
+        return task.loss(task_outputs(cell, params, batch), batch)
+
+    def one_step(carry, key):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, task.sample(key, batch_size, length))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    @jax.jit
+    def chunk(params, opt_state, keys):
+        (params, opt_state), losses = jax.lax.scan(one_step, (params, opt_state), keys)
+        return params, opt_state, jnp.mean(losses)
+
+    @jax.jit
+    def evaluate_on(params, batch):  # the batch is an argument, not a closed-over constant
+        return task.evaluate(task_outputs(cell, params, batch), batch)
+
+    evaluate = lambda params: evaluate_on(params, eval_batch)
+
+    t0 = time.perf_counter()
+    done, history = 0, []
+    m = {k: float(v) for k, v in evaluate(params).items()}
+    while done < steps:
+        n = min(eval_every, steps - done)
+        keys = jax.random.split(jax.random.fold_in(k_train, done), n)
+        params, opt_state, train_loss = chunk(params, opt_state, keys)
+        done += n
+        m = {k: float(v) for k, v in evaluate(params).items()}
+        history.append((done, float(train_loss), m["metric"]))
+        if on_progress is not None:
+            on_progress(done, steps, float(train_loss), m["metric"])
+        if stop_when_solved and m["metric"] >= task.solved_at:
+            break
+        if not math.isfinite(float(train_loss)):
+            break
+    return TaskResult(task.name, cell_name, length, seed, done, m["metric"], m["chance"], m["loss"],
+                      m["baseline_loss"], m["metric"] >= task.solved_at,
+                      time.perf_counter() - t0, history)
+
+
+def sweep(
+    task: Task,
+    cells: Sequence[str] = CELL_NAMES,
+    lengths: Sequence[int] = (10, 20, 50, 100, 200),
+    *,
+    seeds: Sequence[int] = (0,),
+    stop_after_failure: bool = True,
+    on_result: Optional[Callable[[TaskResult], None]] = None,
+    **train_kwargs,
+) -> list[TaskResult]:
+    """Train every cell at every length (shortest first); see :func:`train_task`.
+
+    A cell/length counts as solved when any seed solves it.  With
+    ``stop_after_failure`` a cell is not tried at longer lengths once it has
+    failed one: on these tasks a longer length is only harder.
+    """
+    results = []
+    for name in cells:
+        for length in sorted(lengths):
+            runs = []
+            for seed in seeds:
+                r = train_task(task, name, length, seed=seed, **train_kwargs)
+                runs.append(r)
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+                if r.solved:
+                    break
+            if stop_after_failure and not any(r.solved for r in runs):
+                break
+    return results
+
+
+def longest_solved(results: Sequence[TaskResult]) -> dict:
+    """``{cell: longest solved length, or None}``, over lengths below the first failure."""
+    out: dict = {}
+    for cell in dict.fromkeys(r.cell for r in results):
+        by_len: dict = {}
+        for r in results:
+            if r.cell == cell:
+                by_len[r.length] = by_len.get(r.length, False) or r.solved
+        best = None
+        for length in sorted(by_len):
+            if not by_len[length]:
+                break
+            best = length
+        out[cell] = best
+    return out
