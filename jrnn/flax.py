@@ -294,6 +294,24 @@ class Stack(nn.Module):
         return [c.initial_carry((batch_size,), dtype) for c in self.cells]
 
 
+def _run_bidirectional(module, inputs, initial_carry, seq_lengths, return_carry, time_major,
+                       kwargs):
+    """The body shared by the linen and NNX bidirectional wrappers."""
+    time_major = module.time_major if time_major is None else time_major
+    return_carry = module.return_carry if return_carry is None else return_carry
+    c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
+    carry_f, ys_f = module.forward_rnn(
+        inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
+        time_major=time_major, reverse=False, **kwargs,
+    )
+    carry_b, ys_b = module.backward_rnn(
+        inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
+        time_major=time_major, reverse=True, keep_order=True, **kwargs,
+    )
+    ys = module.merge_fn(ys_f, ys_b)
+    return ((carry_f, carry_b), ys) if return_carry else ys
+
+
 class Bidirectional(nn.Module):
     r"""Run one layer forward and another backward and merge their outputs.
 
@@ -336,19 +354,8 @@ class Bidirectional(nn.Module):
         **kwargs,
     ):
         del reverse, keep_order  # accepted as nn.Bidirectional does; the directions are fixed
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
-        carry_f, ys_f = self.forward_rnn(
-            inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=False, **kwargs,
-        )
-        carry_b, ys_b = self.backward_rnn(
-            inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=True, keep_order=True, **kwargs,
-        )
-        ys = self.merge_fn(ys_f, ys_b)
-        return ((carry_f, carry_b), ys) if return_carry else ys
+        return _run_bidirectional(self, inputs, initial_carry, seq_lengths, return_carry,
+                                  time_major, kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -561,16 +568,5 @@ class NNXBidirectional(nnx.Module):
         **kwargs,
     ):
         del reverse, keep_order  # accepted as nn.Bidirectional does; the directions are fixed
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
-        carry_f, ys_f = self.forward_rnn(
-            inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=False, **kwargs,
-        )
-        carry_b, ys_b = self.backward_rnn(
-            inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
-            time_major=time_major, reverse=True, keep_order=True, **kwargs,
-        )
-        ys = self.merge_fn(ys_f, ys_b)
-        return ((carry_f, carry_b), ys) if return_carry else ys
+        return _run_bidirectional(self, inputs, initial_carry, seq_lengths, return_carry,
+                                  time_major, kwargs)
