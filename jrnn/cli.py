@@ -266,7 +266,8 @@ def cmd_train(args) -> int:
     out = args.out
     last_path, best_path = os.path.join(out, "last.ckpt"), os.path.join(out, "best.ckpt")
     if args.resume:
-        meta, _ = ckpt.load_raw(last_path)
+        resumed_meta, resumed_raw = ckpt.load_raw(last_path)
+        meta = resumed_meta
         cfg = dict(meta["settings"])
         if args.epochs is not None:  # a resumed run may be lengthened or shortened
             cfg["epochs"] = args.epochs
@@ -288,10 +289,10 @@ def cmd_train(args) -> int:
     start_epoch, start_window, best = 0, 0, float("inf")
     history = []
     if args.resume:
-        meta, raw = ckpt.load_raw(last_path)
+        meta = resumed_meta
         if meta["vocab"] != vocab.to_dict():
             _fail(f"{last_path}: saved with another vocabulary than {data or 'the built-in corpus'} gives")
-        state = ckpt.restore_into(state, raw, last_path)
+        state = ckpt.restore_into(state, resumed_raw, last_path)
         start_epoch, start_window = meta["epoch"], meta["window"]
         best, history = meta.get("best_valid_ppl", best), meta.get("history", [])
         print(f"resuming {out}: epoch {start_epoch + 1}, window {start_window}, step {int(state.step)}",
@@ -401,8 +402,13 @@ def cmd_train(args) -> int:
         for s, h in old.items():
             signal.signal(s, h)
 
-    meta, raw = ckpt.load_raw(best_path)
-    best_state = ckpt.restore_into(state, raw, best_path)
+    if os.path.exists(best_path):
+        _, raw = ckpt.load_raw(best_path)
+        best_state = ckpt.restore_into(state, raw, best_path)
+    else:  # no epoch gave a finite validation perplexity
+        print("warning: no epoch improved on the validation set (non-finite perplexity?); "
+              "testing the last state", file=sys.stderr)
+        best_state = state
     test_ppl, n_test = trainer.evaluate(model, best_state.params, corpus.test, eval_step=eval_step,
                                         batch_size=min(10, cfg["batch_size"]), bptt=cfg["bptt"])
     wall = time.perf_counter() - t_start
