@@ -363,6 +363,32 @@ def bf16_accuracy(shape: Shape, data: dict) -> dict:
             "grad_rel_err": float(jrnn.train.global_norm(diff)) / gnorm}
 
 
+def _sgd_train_step(forward, *, time_major_logits: bool = False):
+    """The peers' jitted train step: summed CE / B, clip at CLIP, SGD at LR, carry passed on.
+
+    ``forward(params, x, carries) -> (logits, new_carries)``; logits are
+    ``[B, T, V]``, or ``[T, B, V]`` with ``time_major_logits``.
+    Returns ``(jitted_step, optimizer)``.
+    """
+    opt = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
+
+    def step(state, x, y, carries):
+        params, opt_state = state
+
+        def loss_fn(p):
+            logits, new = forward(p, x, carries)
+            labels = y.T if time_major_logits else y
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return jnp.sum(ce) / x.shape[0], new
+
+        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), jax.lax.stop_gradient(new), loss
+
+    return jax.jit(step, donate_argnums=(0, 3)), opt
+
+
 # --------------------------------------------------------------------------
 # Flax linen.
 
@@ -405,22 +431,7 @@ def flax_runner(shape: Shape, data: dict) -> Runner:
     x, y = jnp.asarray(data["inputs"]), jnp.asarray(data["targets"])
     carries = [zeros_carry() for _ in range(shape.L)]
     params = net.init(jax.random.PRNGKey(0), x, carries)
-    opt = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
-
-    def step(state, x, y, carries):
-        params, opt_state = state
-
-        def loss_fn(p):
-            logits, new = net.apply(p, x, carries)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            return jnp.sum(ce) / x.shape[0], new
-
-        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), jax.lax.stop_gradient(new), loss
-
-    jitted = jax.jit(step, donate_argnums=(0, 3))
+    jitted, opt = _sgd_train_step(net.apply)
     return _jax_runner(jitted, [(params, opt.init(params)), x, y, carries], carry_index=3)
 
 
@@ -478,22 +489,8 @@ def equinox_runner(shape: Shape, data: dict) -> Runner:
     model = LM(eqx.nn.Embedding(shape.V, H, key=keys[-2]), cells,
                eqx.nn.Linear(H, shape.V, key=keys[-1]))
     params, static = eqx.partition(model, eqx.is_array)
-    opt = optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
-
-    def step(state, x, y, carries):
-        params, opt_state = state
-
-        def loss_fn(p):
-            logits, new = eqx.combine(p, static)(x, carries)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y.T)
-            return jnp.sum(ce) / x.shape[0], new
-
-        (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), jax.lax.stop_gradient(new), loss
-
-    jitted = jax.jit(step, donate_argnums=(0, 3))
+    jitted, opt = _sgd_train_step(lambda p, x, c: eqx.combine(p, static)(x, c),
+                                  time_major_logits=True)
     carries = [zeros_carry() for _ in range(shape.L)]
     args = [(params, opt.init(params)), jnp.asarray(data["inputs"]), jnp.asarray(data["targets"]),
             carries]
