@@ -47,6 +47,13 @@ Usage::
     python benchmarks/peers.py --shapes zaremba-small --unroll 1,2,4,8,16
     python benchmarks/peers.py --shapes long-lstm --remat --peers jrnn,torch
     python benchmarks/peers.py --interleave --torch-threads 2,1   # fair on a busy machine
+    python benchmarks/peers.py --shapes zaremba-small --autodiff --keep-host-memory
+
+jrnn's default train step uses its hand-written backward passes
+(:mod:`jrnn.fused`); ``--autodiff`` adds a row with plain autodiff
+(``custom_vjp=False``).  ``--keep-host-memory`` applies
+:func:`jrnn.keep_host_memory` to the whole process, so to every
+implementation in the run alike; run once with and once without it.
     python benchmarks/peers.py --list
 
 Writes ``benchmarks/out/peers-<time>.json`` (or ``--out``).  Never asserts on time.
@@ -287,10 +294,11 @@ def _jrnn_cells(shape: Shape, remat: bool, bf16: bool) -> list:
     return cells
 
 
-def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool) -> jrnn.LanguageModel:
+def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
+             custom_vjp: bool = True) -> jrnn.LanguageModel:
     """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses wrapped cells."""
     base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
-                       num_layers=shape.L, unroll=unroll)
+                       num_layers=shape.L, unroll=unroll, custom_vjp=custom_vjp)
     if not (remat or bf16):
         return base
     cells = _jrnn_cells(shape, remat, bf16)
@@ -314,9 +322,9 @@ def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool) -> jrnn.Languag
 
 
 def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
-                bf16: bool = False) -> Runner:
+                bf16: bool = False, custom_vjp: bool = True) -> Runner:
     if shape.mode == "lm":
-        model = _jrnn_lm(shape, unroll, remat, bf16)
+        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp)
         opt = optax.sgd(LR)
         state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
         step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
@@ -328,7 +336,7 @@ def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = Fals
               zip(cells, jax.random.split(jax.random.PRNGKey(0), shape.L))]
 
     def loss(params, xs):
-        return jnp.sum(jrnn.unroll(cells, params, xs, unroll=unroll)[1])
+        return jnp.sum(jrnn.unroll(cells, params, xs, unroll=unroll, custom_vjp=custom_vjp)[1])
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
@@ -670,6 +678,10 @@ def run_shape(shape_name: str, args) -> dict:
     if "jrnn" in args.peers:
         for u in args.unroll:
             impls.append((f"jrnn[u={u}]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
+        if args.autodiff:
+            u = args.unroll[0]
+            impls.append((f"jrnn[u={u},autodiff]",
+                          lambda u=u: jrnn_runner(shape, data, unroll=u, custom_vjp=False)))
         if args.remat:
             u = args.unroll[0]
             impls.append((f"jrnn[u={u},remat]",
@@ -750,6 +762,11 @@ def main(argv=None) -> int:
     p.add_argument("--unroll", default="1", help="jrnn scan unroll factors to measure, e.g. 1,2,4,8")
     p.add_argument("--remat", action="store_true", help="also time jrnn with jax.checkpoint'ed steps")
     p.add_argument("--bf16", action="store_true", help="also time jrnn with bf16 matmuls")
+    p.add_argument("--autodiff", action="store_true",
+                   help="also time jrnn with custom_vjp=False (plain autodiff, the [B*T, V] logits)")
+    p.add_argument("--keep-host-memory", action="store_true",
+                   help="call jrnn.keep_host_memory() first: glibc keeps freed memory for reuse; "
+                        "it applies to the whole process, so to every implementation alike")
     p.add_argument("--torch-threads", default="",
                    help="PyTorch intra-op thread counts to measure, e.g. 2,1 (default: its own)")
     p.add_argument("--interleave", action="store_true",
@@ -773,11 +790,15 @@ def main(argv=None) -> int:
     args.peers = args.peers.split(",")
     args.unroll = [int(u) for u in args.unroll.split(",")]
     args.torch_threads = [int(n) for n in args.torch_threads.split(",") if n]
+    host_memory = "glibc default"
+    if args.keep_host_memory:
+        host_memory = "kept (jrnn.keep_host_memory)" if jrnn.keep_host_memory() else "not applicable"
     info = {"machine": machine(), "versions": versions(), "argv": sys.argv,
             "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "settings": {"lr": LR, "clip": CLIP, "warmup": args.warmup, "reps": args.reps,
-                         "rep_seconds": args.rep_seconds}}
-    print(json.dumps(info["machine"]), json.dumps(info["versions"]), sep="\n", flush=True)
+                         "rep_seconds": args.rep_seconds, "host_memory": host_memory}}
+    print(json.dumps(info["machine"]), json.dumps(info["versions"]), f"host memory: {host_memory}",
+          sep="\n", flush=True)
     results = [run_shape(s, args) for s in shapes]
     try:
         info["machine"]["loadavg_end"] = os.getloadavg()

@@ -7,7 +7,7 @@ BPTT training step.  ``jrnn.reference`` holds the same math as NumPy loops
 with a hand-written backward pass.
 """
 
-from jrnn import diagnostics, distributed, interop, parallel, reference, tasks
+from jrnn import diagnostics, distributed, fused, interop, parallel, reference, tasks
 from jrnn.cells import (
     ACTIVATIONS,
     CELL_KINDS,
@@ -39,6 +39,7 @@ from jrnn.train import (
     make_train_epoch,
     make_train_step,
 )
+from jrnn.runtime import keep_host_memory
 from jrnn.unrolling import auto_unroll, remat, reverse_within_lengths, unroll
 
 __version__ = "0.1.0"
@@ -58,9 +59,11 @@ __all__ = [
     "auto_unroll",
     "distributed",
     "elman",
+    "fused",
     "gru",
     "init_train_state",
     "interop",
+    "keep_host_memory",
     "linear",
     "log_prob",
     "lstm",

@@ -15,6 +15,12 @@ A cell knows one timestep of the recurrence and nothing else.  Every cell has
   ``jax.lax.scan``'s own signature (``x_proj: [B, G*H]``, ``h: [B, H]``).
 * ``hidden(carry) -> h`` -- the hidden state held in a carry (the LSTM's carry
   also holds the memory cell ``c``).
+* ``sequence`` -- optional: ``sequence(params, xs_proj, carry, *, reverse,
+  unroll) -> (carry, hs)`` runs the whole layer with the same values as
+  ``lax.scan`` of ``step`` but a hand-written backward pass
+  (:mod:`jrnn.fused`); :func:`jrnn.unroll` uses it unless told not to.  It is
+  tied to the ``step`` it was written for: a cell whose ``step`` was replaced
+  (``cell._replace(step=...)``) falls back to autodiff of the new step.
 
 Arrays use the row-vector convention ``x @ W``: ``W`` is ``weight_ih.T`` of
 PyTorch and ``W_h`` is ``weight_hh.T``.  Gate blocks are laid out in
@@ -24,10 +30,12 @@ PyTorch's order, so weights move between jrnn and ``torch.nn.RNN`` / ``LSTM``
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+
+from jrnn import fused
 
 Array = jax.Array
 Params = dict
@@ -57,6 +65,7 @@ class Cell(NamedTuple):
     project: Callable[[Params, Array], Array]
     step: Callable[[Params, Carry, Array], tuple]
     hidden: Callable[[Carry], Array]
+    sequence: Optional[Callable[..., tuple]] = None
 
 
 class LSTMCarry(NamedTuple):
@@ -74,6 +83,19 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 CELL_KINDS = ("linear", "elman", "lstm", "gru")
+
+
+def _tied(sequence: Optional[Callable], step: Callable) -> Optional[Callable]:
+    """Mark ``sequence`` as the whole-layer form of ``step`` (see :class:`Cell`)."""
+    if sequence is not None:
+        sequence.step = step
+    return sequence
+
+
+def sequence_for(cell: "Cell") -> Optional[Callable]:
+    """``cell.sequence`` if it still belongs to ``cell.step``, else ``None``."""
+    seq = cell.sequence
+    return seq if seq is not None and getattr(seq, "step", None) is cell.step else None
 
 
 def _check_hidden_size(hidden_size: int) -> int:
@@ -176,6 +198,7 @@ def elman(
         h = act(x_proj + h @ params["W_h"])
         return h, h
 
+    named = not callable(activation)
     return Cell(
         kind=f"elman[{name}]",
         hidden_size=hidden_size,
@@ -185,6 +208,7 @@ def elman(
         project=_project,
         step=step,
         hidden=_identity_hidden,
+        sequence=_tied(fused.elman_sequence(name) if named else None, step),
     )
 
 
@@ -254,11 +278,9 @@ def lstm(
 
     def step(params: Params, carry: LSTMCarry, x_proj: Array):
         h, c = carry
-        z = x_proj + h @ params["W_h"]
-        i = jax.nn.sigmoid(z[..., 0 * H : 1 * H])
-        f = jax.nn.sigmoid(z[..., 1 * H : 2 * H])
-        g = jnp.tanh(z[..., 2 * H : 3 * H])
-        o = jax.nn.sigmoid(z[..., 3 * H : 4 * H])
+        # sigmoid(i, f, o) and tanh(g) in one pass (fused.lstm_gates).
+        a = fused.lstm_gates(x_proj + h @ params["W_h"], H)
+        i, f, g, o = a[..., :H], a[..., H : 2 * H], a[..., 2 * H : 3 * H], a[..., 3 * H :]
         c = f * c + i * g
         h = o * jnp.tanh(c)
         return LSTMCarry(h, c), h
@@ -272,6 +294,7 @@ def lstm(
         project=_project,
         step=step,
         hidden=lambda carry: carry.h,
+        sequence=_tied(fused.lstm_sequence(H), step),
     )
 
 
@@ -304,10 +327,10 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
 
     def step(params: Params, h: Array, x_proj: Array):
         u = h @ params["W_h"] + params["b_h"]
-        r = jax.nn.sigmoid(x_proj[..., :H] + u[..., :H])
-        z = jax.nn.sigmoid(x_proj[..., H : 2 * H] + u[..., H : 2 * H])
+        rz = jax.nn.sigmoid(x_proj[..., : 2 * H] + u[..., : 2 * H])  # r and z in one pass
+        r, z = rz[..., :H], rz[..., H:]
         n = jnp.tanh(x_proj[..., 2 * H :] + r * u[..., 2 * H :])
-        h = (1.0 - z) * n + z * h
+        h = n + z * (h - n)  # = (1 - z) * n + z * h
         return h, h
 
     return Cell(
@@ -319,6 +342,7 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
         project=_project,
         step=step,
         hidden=_identity_hidden,
+        sequence=_tied(fused.gru_sequence(H), step),
     )
 
 

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=float, default=300.0,
                    help="seconds between mid-epoch checkpoints (for --resume)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--release-host-memory", action="store_true",
+                   help="on a CPU, let the C allocator return freed memory to the OS "
+                        "(slower steps; by default jrnn.keep_host_memory() is applied)")
     t.add_argument("--fused-epoch", action="store_true",
                    help="run each epoch as one jitted lax.scan over all windows, data on the "
                         "device (fastest on GPU; progress every 100 windows, Ctrl-C acts at "
@@ -259,6 +262,8 @@ def cmd_train(args) -> int:
     from jrnn import trainer
     from jrnn.data import batchify
 
+    if not args.release_host_memory and jax.default_backend() == "cpu":
+        jrnn.keep_host_memory()  # ~20 % faster steps on a CPU (jrnn/runtime.py)
     if args.coordinator or args.num_processes:
         from jrnn import distributed
 
@@ -445,8 +450,14 @@ def _load_for_use(path: str):
 
 
 def cmd_eval(args) -> int:
+    import jax
+
+    import jrnn
     from jrnn import data as D
     from jrnn import trainer
+
+    if jax.default_backend() == "cpu":
+        jrnn.keep_host_memory()
 
     model, params, vocab, meta = _load_for_use(args.checkpoint)
     if args.file:

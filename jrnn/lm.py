@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jrnn import fused
 from jrnn.cells import CELL_KINDS, make_cell
 from jrnn.unrolling import remat as remat_cell
 from jrnn.unrolling import unroll as unroll_cells
@@ -66,6 +67,7 @@ class LMConfig(NamedTuple):
     forget_bias: float = 0.0
     unroll: Union[int, str] = "auto"
     remat: bool = False
+    custom_vjp: bool = True
 
 
 class NNLMConfig(NamedTuple):
@@ -81,6 +83,7 @@ class NNLMConfig(NamedTuple):
     hidden_size: int = 200
     dropout: float = 0.0
     init_scale: float = 0.1
+    custom_vjp: bool = True
 
 
 class LanguageModel(NamedTuple):
@@ -91,6 +94,10 @@ class LanguageModel(NamedTuple):
     initial_carry: Callable[..., Any]
     apply: Callable[..., tuple]
     encode: Callable[..., Array]
+    # features(params, tokens, carry=None, *, key=None) -> (h [B, T, H], (W [H, V], b [V]), carry):
+    # apply's last hidden layer and output layer, for the fused loss.  Tied to
+    # ``apply``: a model whose apply was replaced is scored through its logits.
+    features: Optional[Callable[..., tuple]] = None
 
 
 class LossAux(NamedTuple):
@@ -149,6 +156,7 @@ def rnn_lm(
     forget_bias: float = 0.0,
     unroll: Union[int, str] = "auto",
     remat: bool = False,
+    custom_vjp: bool = True,
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
@@ -159,7 +167,11 @@ def rnn_lm(
     transposed embedding (needs ``embed_size == hidden_size``).  ``unroll`` is
     passed to :func:`jrnn.unroll` (``"auto"``: 1 on CPU, 8 on accelerators);
     ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
-    trading time for memory on long sequences.
+    trading time for memory on long sequences.  ``custom_vjp`` (default) uses
+    jrnn's hand-written backward passes for the recurrence and for the
+    softmax output layer (:mod:`jrnn.fused`): the same values and gradients,
+    a faster and smaller train step; ``False`` keeps plain autodiff (needed
+    for forward-mode ``jax.jvp`` through the model).
 
     Params: ``{"embed": [V, E], "layers": [cell params per layer],
     "out": {"W": [H, V], "b": [V]}}`` (``"out"`` has only ``"b"`` when tied).
@@ -175,6 +187,7 @@ def rnn_lm(
     config = LMConfig(
         vocab_size, cell, activation, embed_size, hidden_size, num_layers,
         float(dropout), bool(tie_embeddings), init_scale, float(forget_bias), unroll, bool(remat),
+        bool(custom_vjp),
     )
     for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
         _check_positive(name, getattr(config, name))
@@ -217,23 +230,28 @@ def rnn_lm(
         xs = _dropout(k_in, config.dropout, params["embed"][tokens.T])
         carry, hs = unroll_cells(
             cells, params["layers"], xs, carry, lengths=lengths, unroll=unroll,
-            dropout=config.dropout, key=k_mid,
+            dropout=config.dropout, key=k_mid, custom_vjp=config.custom_vjp,
         )
         return _dropout(k_out, config.dropout, hs), carry
 
-    def apply(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry)``."""
+    def features(params, tokens, carry=None, *, lengths=None, key=None):
+        """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out [H, V], b_out [V]), carry)``."""
         hs, carry = _hidden_states(params, tokens, carry, lengths, key)
         W_out = params["out"]["W"] if not tie_embeddings else params["embed"].T
-        logits = jnp.swapaxes(hs, 0, 1) @ W_out + params["out"]["b"]
-        return logits, carry
+        return jnp.swapaxes(hs, 0, 1), (W_out, params["out"]["b"]), carry
+
+    def apply(params, tokens, carry=None, *, lengths=None, key=None):
+        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry)``."""
+        h, (W_out, b_out), carry = features(params, tokens, carry, lengths=lengths, key=key)
+        return h @ W_out + b_out, carry
 
     def encode(params, tokens, lengths=None):
         """The last layer's hidden state after each sequence's last valid token: ``[B, H]``."""
         _, carry = _hidden_states(params, tokens, None, lengths, None)
         return cells[-1].hidden(carry[-1])
 
-    return LanguageModel(config, init, initial_carry, apply, encode)
+    features.apply = apply
+    return LanguageModel(config, init, initial_carry, apply, encode, features)
 
 
 def nnlm(
@@ -244,6 +262,7 @@ def nnlm(
     hidden_size: int = 200,
     dropout: float = 0.0,
     init_scale: float = 0.1,
+    custom_vjp: bool = True,
 ) -> LanguageModel:
     """The feed-forward fixed-window NNLM: n - 1 previous words -> next word.
 
@@ -265,7 +284,9 @@ def nnlm(
       >>> logits.shape, carry.shape
       ((2, 5, 30), (2, 2))
     """
-    config = NNLMConfig(vocab_size, context_size, embed_size, hidden_size, float(dropout), init_scale)
+    config = NNLMConfig(
+        vocab_size, context_size, embed_size, hidden_size, float(dropout), init_scale, bool(custom_vjp)
+    )
     for name in ("vocab_size", "context_size", "embed_size", "hidden_size"):
         _check_positive(name, getattr(config, name))
     if not 0.0 <= config.dropout < 1.0:
@@ -300,11 +321,16 @@ def nnlm(
         new_carry = full[:, full.shape[1] - (n - 1) :].astype(jnp.int32)
         return _dropout(k_h, config.dropout, h), new_carry
 
-    def apply(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry: int[B, n-1])``."""
+    def features(params, tokens, carry=None, *, lengths=None, key=None):
+        """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out, b_out), carry: int[B, n-1])``."""
         del lengths  # each position only looks back: padding never leaks into valid steps
         h, carry = _hidden(params, tokens, carry, key)
-        return h @ params["out"]["W"] + params["out"]["b"], carry
+        return h, (params["out"]["W"], params["out"]["b"]), carry
+
+    def apply(params, tokens, carry=None, *, lengths=None, key=None):
+        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry: int[B, n-1])``."""
+        h, (W_out, b_out), carry = features(params, tokens, carry, lengths=lengths, key=key)
+        return h @ W_out + b_out, carry
 
     def encode(params, tokens, lengths=None):
         """The hidden layer at each sequence's last valid token: ``[B, H]``."""
@@ -313,7 +339,8 @@ def nnlm(
         last = (jnp.full((h.shape[0],), T) if lengths is None else jnp.asarray(lengths)) - 1
         return jnp.take_along_axis(h, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
 
-    return LanguageModel(config, init, initial_carry, apply, encode)
+    features.apply = apply
+    return LanguageModel(config, init, initial_carry, apply, encode, features)
 
 
 def sequence_loss(
@@ -351,16 +378,39 @@ def sequence_loss(
     targets = _check_tokens(targets, V, "targets")
     if inputs.shape != targets.shape:
         raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have one shape")
-    logits, carry = model.apply(params, inputs, carry, key=key)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != inputs.shape:
             raise ValueError(f"mask must have shape {inputs.shape}, got {mask.shape}")
-        losses = jnp.where(mask.astype(bool), losses, 0.0)
+        mask = mask.astype(bool)
         num_tokens = jnp.sum(mask.astype(jnp.int32))
     else:
-        num_tokens = jnp.asarray(losses.size, jnp.int32)
+        num_tokens = jnp.asarray(inputs.size, jnp.int32)
+    scale = 1.0 / inputs.shape[0] if batch_mean else 1.0
+    features = model.features
+    use_fused = (
+        getattr(model.config, "custom_vjp", False)
+        and features is not None
+        and getattr(features, "apply", None) is model.apply
+    )
+    if use_fused:
+        # Output layer + cross-entropy chunk by chunk, never the [B, T, V] logits.
+        h, (W_out, b_out), carry = features(params, inputs, carry, key=key)
+        B, T, H = h.shape
+        weights = jnp.full((B, T), scale, h.dtype)
+        if mask is not None:
+            weights = jnp.where(mask, weights, 0.0)
+        loss, losses = fused.softmax_cross_entropy(
+            h.reshape(B * T, H), W_out, b_out, targets.reshape(-1), weights.reshape(-1)
+        )
+        losses = losses.reshape(B, T)
+        if mask is not None:
+            losses = jnp.where(mask, losses, 0.0)
+        return loss, LossAux(losses, carry, num_tokens)
+    logits, carry = model.apply(params, inputs, carry, key=key)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    if mask is not None:
+        losses = jnp.where(mask, losses, 0.0)
     loss = jnp.sum(losses)
     if batch_mean:
         loss = loss / inputs.shape[0]

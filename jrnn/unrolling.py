@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.cells import Cell
+from jrnn.cells import Cell, sequence_for
 
 Array = jax.Array
 
@@ -89,6 +89,7 @@ def _unroll_one(
     lengths: Optional[Array],
     reverse: bool,
     unroll: Union[int, bool],
+    custom_vjp: bool = True,
 ):
     if isinstance(unroll, str):
         # Parallel-in-time evaluation of a linear recurrence (jrnn.parallel).
@@ -107,6 +108,10 @@ def _unroll_one(
         carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
 
     if lengths is None:
+        seq = sequence_for(cell) if custom_vjp else None
+        if seq is not None:
+            # The same scan with a hand-written backward pass (jrnn.fused).
+            return seq(params, xs_proj, carry, reverse=reverse, unroll=unroll)
         # scan(reverse=True) walks T-1 .. 0 and stores outputs in place: no flips.
         return jax.lax.scan(
             lambda c, x: cell.step(params, c, x), carry, xs_proj, reverse=reverse, unroll=unroll
@@ -143,6 +148,7 @@ def unroll(
     dropout: float = 0.0,
     key: Optional[Array] = None,
     time_major: bool = True,
+    custom_vjp: bool = True,
 ):
     """Run a cell, or a stack of cells, over a whole sequence.
 
@@ -171,6 +177,10 @@ def unroll(
         (not after the last one); only used when ``key`` is given.
       key: PRNG key for dropout.
       time_major: whether ``xs`` and the returned outputs are ``[T, B, ...]``.
+      custom_vjp: use the cell's hand-written backward pass (``cell.sequence``,
+        :mod:`jrnn.fused`) when it has one and there are no ``lengths``;
+        ``False`` differentiates the scan with autodiff (needed for
+        forward-mode ``jax.jvp`` / ``jax.jacfwd``).  The values are the same.
 
     Returns:
       ``(final_carry, outputs)``: the carry after the last (valid) step -- a list
@@ -230,7 +240,7 @@ def unroll(
         if layer > 0 and layer_keys is not None:
             keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
             hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
-        final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, unroll)
+        final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, unroll, custom_vjp)
         finals.append(final)
     if not time_major:
         hs = jnp.swapaxes(hs, 0, 1)

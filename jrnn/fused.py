@@ -1,0 +1,446 @@
+"""Hand-written backward passes where autodiff through ``lax.scan`` is wasteful.
+
+Two places dominate an RNN language model's train step, and in both the
+gradient XLA derives is correct but slow on a CPU:
+
+* **The recurrence.**  Differentiating ``lax.scan`` gives a backward loop that
+  accumulates ``dW_h`` with one small ``[H, B] x [B, G*H]`` matmul per step and
+  rebuilds each gate's cotangent from four slices.  :func:`lstm_sequence`,
+  :func:`gru_sequence` and :func:`elman_sequence` run the same forward scan
+  (keeping the gate activations) under a ``jax.custom_vjp`` whose backward
+  loop carries only ``(dh, dc)``: per step, the gate cotangent ``dz_t`` in a
+  few whole-array operations and ``dh_{t-1} = dz_t W_h^T``; after the loop
+  ``dW_h = sum_t h_{t-1}^T dz_t`` is **one** ``[H, T*B] x [T*B, G*H]`` matmul
+  (as cuDNN does) and ``dz`` itself is the cotangent of the hoisted input
+  projection.  The formulas are those of :mod:`jrnn.reference`'s hand-written
+  BPTT; tests hold both to ``jax.grad`` of the plain scan.
+* **The softmax output layer.**  ``logits = h W + b`` over a 10k vocabulary is
+  ``[B*T, V]`` -- 28 MB for a Zaremba-small window -- and autodiff keeps it,
+  its softmax and its cotangent alive at once.  :func:`softmax_cross_entropy`
+  walks the rows in chunks of about a million logits: per chunk the logits,
+  the loss and, when a gradient is wanted, ``dlogits = softmax - onehot``,
+  folded at once into ``dh``, ``dW`` and ``db``.  The [B*T, V] arrays never
+  exist, so the step's scratch memory shrinks (56 MB -> 14 MB) and, on a CPU,
+  stops being returned to the OS and faulted back in at every step.
+
+Both are used by default (``jrnn.rnn_lm(..., custom_vjp=True)``, ``jrnn.unroll(...,
+custom_vjp=True)``).  A ``custom_vjp`` function has no forward-mode rule:
+pass ``custom_vjp=False`` to use ``jax.jvp`` / ``jax.jacfwd`` through a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+Array = jax.Array
+
+__all__ = [
+    "lstm_gates",
+    "lstm_sequence",
+    "gru_sequence",
+    "elman_sequence",
+    "softmax_cross_entropy",
+    "cross_entropy_chunk_rows",
+]
+
+
+# ---------------------------------------------------------------------------
+# LSTM
+
+
+def _lstm_scale(hidden_size: int, dtype) -> Array:
+    # 1/2 on the sigmoid blocks (i, f, o), 1 on the tanh block g.
+    s = np.full(4 * hidden_size, 0.5)
+    s[2 * hidden_size : 3 * hidden_size] = 1.0
+    return jnp.asarray(s, dtype)
+
+
+def lstm_gates(z: Array, hidden_size: int) -> Array:
+    """All four LSTM gate activations of ``z: [..., 4H]`` in one pass: ``[..., 4H]``.
+
+    ``sigmoid(x) = tanh(x / 2) / 2 + 1/2``, so one ``tanh`` over the whole
+    pre-activation with a per-column scale gives (i, f, o) = sigmoid and
+    g = tanh.  On a CPU this is 2.3x faster than four sliced activations
+    (35 us -> 15 us per [20, 800] step, benchmarks/RESULTS.md).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> z = jnp.linspace(-3.0, 3.0, 8)
+      >>> a = lstm_gates(z, 2)
+      >>> bool(jnp.allclose(a[:2], jax.nn.sigmoid(z[:2]), atol=1e-6)), bool(jnp.allclose(a[4:6], jnp.tanh(z[4:6])))
+      (True, True)
+    """
+    s = _lstm_scale(hidden_size, z.dtype)
+    return jnp.tanh(z * s) * s + (1 - s)
+
+
+def _prev(states: Array, first: Array, reverse: bool) -> Array:
+    """The state *before* each step: ``[first, s_0, ..., s_{T-2}]`` (mirrored when ``reverse``)."""
+    if reverse:
+        return jnp.concatenate([states[1:], first[None]], axis=0)
+    return jnp.concatenate([first[None], states[:-1]], axis=0)
+
+
+def _weight_grad(h_prev: Array, dz: Array) -> Array:
+    # sum_t h_{t-1}^T dz_t as a single [H, T*B] x [T*B, G*H] matmul.
+    return jnp.einsum("tbh,tbg->hg", h_prev, dz)
+
+
+@functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
+def _lstm_run(H: int, reverse: bool, unroll: int) -> Callable:
+    def forward(W_h, xs, h0, c0):
+        def body(carry, x):
+            h, c = carry
+            a = lstm_gates(x + h @ W_h, H)
+            c = a[:, H : 2 * H] * c + a[:, :H] * a[:, 2 * H : 3 * H]
+            h = a[:, 3 * H :] * jnp.tanh(c)
+            return (h, c), (h, c, a)
+
+        return jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
+
+    @jax.custom_vjp
+    def run(W_h, xs, h0, c0):
+        final, (hs, _, _) = forward(W_h, xs, h0, c0)
+        return final, hs
+
+    def run_fwd(W_h, xs, h0, c0):
+        final, (hs, cs, acts) = forward(W_h, xs, h0, c0)
+        return (final, hs), (W_h, hs, cs, acts, h0, c0)
+
+    def run_bwd(res, cts):
+        W_h, hs, cs, acts, h0, c0 = res
+        (dh_T, dc_T), dhs = cts
+        is_g = jnp.asarray(np.arange(4 * H) // H == 2)
+
+        def body(carry, inp):
+            dh_next, dc_next = carry
+            a, c, c_prev, dh_out = inp
+            dh = dh_out + dh_next
+            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+            tc = jnp.tanh(c)
+            dc = dc_next + dh * o * (1 - tc * tc)
+            da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
+            dz = da * jnp.where(is_g, 1 - a * a, a * (1 - a))
+            return (dz @ W_h.T, dc * f), dz
+
+        (dh0, dc0), dzs = jax.lax.scan(
+            body, (dh_T, dc_T), (acts, cs, _prev(cs, c0, reverse), dhs),
+            reverse=not reverse, unroll=unroll,
+        )
+        return _weight_grad(_prev(hs, h0, reverse), dzs), dzs, dh0, dc0
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
+
+
+def lstm_sequence(hidden_size: int) -> Callable:
+    """A whole LSTM layer with a hand-written backward pass.
+
+    Returns ``run(params, xs_proj, carry, *, reverse=False, unroll=1) ->
+    (carry, hs)`` with ``xs_proj: [T, B, 4H]`` (the hoisted ``x W + b``),
+    ``carry = LSTMCarry(h, c)`` and ``hs: [T, B, H]``; the same values as
+    ``lax.scan`` of :func:`jrnn.lstm`'s step.  Only ``params["W_h"]`` is read.
+    """
+    from jrnn.cells import LSTMCarry
+
+    def run(params, xs_proj, carry, *, reverse: bool = False, unroll=1):
+        fn = _lstm_run(hidden_size, bool(reverse), unroll)
+        (h, c), hs = fn(params["W_h"], xs_proj, carry.h, carry.c)
+        return LSTMCarry(h, c), hs
+
+    return run
+
+
+# ---------------------------------------------------------------------------
+# GRU
+
+
+@functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
+def _gru_run(H: int, reverse: bool, unroll: int) -> Callable:
+    def forward(W_h, b_h, xs, h0):
+        def body(h, x):
+            u = h @ W_h + b_h
+            rz = jax.nn.sigmoid(x[:, : 2 * H] + u[:, : 2 * H])
+            r, z = rz[:, :H], rz[:, H:]
+            n = jnp.tanh(x[:, 2 * H :] + r * u[:, 2 * H :])
+            h = n + z * (h - n)
+            return h, (h, rz, n, u[:, 2 * H :])
+
+        return jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
+
+    @jax.custom_vjp
+    def run(W_h, b_h, xs, h0):
+        final, (hs, _, _, _) = forward(W_h, b_h, xs, h0)
+        return final, hs
+
+    def run_fwd(W_h, b_h, xs, h0):
+        final, (hs, rzs, ns, uns) = forward(W_h, b_h, xs, h0)
+        return (final, hs), (W_h, hs, rzs, ns, uns, h0)
+
+    def run_bwd(res, cts):
+        W_h, hs, rzs, ns, uns, h0 = res
+        dh_T, dhs = cts
+
+        def body(dh_next, inp):
+            rz, n, u_n, h_prev, dh_out = inp
+            dh = dh_out + dh_next
+            r, z = rz[:, :H], rz[:, H:]
+            dn = dh * (1 - z) * (1 - n * n)  # cotangent of n's pre-activation
+            drz = jnp.concatenate([dn * u_n, dh * (h_prev - n)], axis=-1) * rz * (1 - rz)
+            dx = jnp.concatenate([drz, dn], axis=-1)  # of x_proj
+            du = jnp.concatenate([drz, dn * r], axis=-1)  # of u = h W_h + b_h
+            return dh * z + du @ W_h.T, (dx, du)
+
+        h_prev = _prev(hs, h0, reverse)
+        dh0, (dxs, dus) = jax.lax.scan(
+            body, dh_T, (rzs, ns, uns, h_prev, dhs), reverse=not reverse, unroll=unroll
+        )
+        return _weight_grad(h_prev, dus), jnp.sum(dus, axis=(0, 1)), dxs, dh0
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
+
+
+def gru_sequence(hidden_size: int) -> Callable:
+    """A whole GRU layer with a hand-written backward pass (see :func:`lstm_sequence`).
+
+    ``run(params, xs_proj [T, B, 3H], h [B, H], *, reverse, unroll) -> (h, hs)``;
+    reads ``params["W_h"]`` and ``params["b_h"]``.
+    """
+
+    def run(params, xs_proj, carry, *, reverse: bool = False, unroll=1):
+        fn = _gru_run(hidden_size, bool(reverse), unroll)
+        return fn(params["W_h"], params["b_h"], xs_proj, carry)
+
+    return run
+
+
+# ---------------------------------------------------------------------------
+# Elman / linear
+
+# d act / d z written with the activation's output y = act(z).
+_DERIVATIVES: dict[str, Callable[[Array], Array]] = {
+    "identity": lambda y: jnp.ones_like(y),
+    "tanh": lambda y: 1 - y * y,
+    "sigmoid": lambda y: y * (1 - y),
+    "relu": lambda y: (y > 0).astype(y.dtype),
+}
+
+
+@functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
+def _elman_run(act_name: str, reverse: bool, unroll: int) -> Callable:
+    from jrnn.cells import ACTIVATIONS
+
+    act, deriv = ACTIVATIONS[act_name], _DERIVATIVES[act_name]
+
+    def forward(W_h, xs, h0):
+        def body(h, x):
+            h = act(x + h @ W_h)
+            return h, h
+
+        return jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
+
+    @jax.custom_vjp
+    def run(W_h, xs, h0):
+        return forward(W_h, xs, h0)
+
+    def run_fwd(W_h, xs, h0):
+        final, hs = forward(W_h, xs, h0)
+        return (final, hs), (W_h, hs, h0)
+
+    def run_bwd(res, cts):
+        W_h, hs, h0 = res
+        dh_T, dhs = cts
+
+        def body(dh_next, inp):
+            h, dh_out = inp
+            dz = (dh_out + dh_next) * deriv(h)
+            return dz @ W_h.T, dz
+
+        dh0, dzs = jax.lax.scan(body, dh_T, (hs, dhs), reverse=not reverse, unroll=unroll)
+        return _weight_grad(_prev(hs, h0, reverse), dzs), dzs, dh0
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
+
+
+def elman_sequence(activation: str) -> Optional[Callable]:
+    """A whole Elman (or linear) layer with a hand-written backward pass.
+
+    ``activation`` must be one of ``"identity"``, ``"tanh"``, ``"sigmoid"``,
+    ``"relu"`` (their derivatives are written from the output); returns
+    ``None`` for anything else, and the caller falls back to autodiff.
+    """
+    if activation not in _DERIVATIVES:
+        return None
+
+    def run(params, xs_proj, carry, *, reverse: bool = False, unroll=1):
+        return _elman_run(activation, bool(reverse), unroll)(params["W_h"], xs_proj, carry)
+
+    return run
+
+
+# ---------------------------------------------------------------------------
+# Output layer + cross-entropy
+
+
+def cross_entropy_chunk_rows(num_rows: int, vocab_size: int, backend: Optional[str] = None) -> int:
+    """Rows per chunk for :func:`softmax_cross_entropy`: about 1.5M logits on a CPU.
+
+    1.5M float32 logits (6 MB) stay in the L3 cache of the development
+    machine; 140 rows x 10k was the fastest of 70 / 140 / 350 / 700 there.
+    On GPU/TPU the chunk is 64M logits (usually a single chunk: the fused
+    gradient without splitting the matmuls); not measured in this repository.
+    """
+    backend = backend or jax.default_backend()
+    budget = 1_500_000 if backend == "cpu" else 64_000_000
+    per_chunk = max(1, min(num_rows, budget // max(vocab_size, 1)))
+    chunks = -(-num_rows // per_chunk)
+    return -(-num_rows // chunks)  # balanced: the same chunk count, less padding
+
+
+def _chunk_losses(h, W, b, y):
+    """Cross-entropy of each row of ``h @ W + b`` against ``y``; also exp-shifted logits and their sums."""
+    logits = h @ W + b
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(logits - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    picked = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+    return (jnp.log(s) + m)[:, 0] - picked, e, s
+
+
+def _pad_rows(x: Array, rows: int) -> Array:
+    pad = rows - x.shape[0]
+    if pad == 0:
+        return x
+    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _split(h, y, w, chunk: int):
+    N = h.shape[0]
+    k = -(-N // chunk)
+    rows = k * chunk
+    return (
+        _pad_rows(h, rows).reshape(k, chunk, h.shape[1]),
+        _pad_rows(y, rows).reshape(k, chunk),
+        _pad_rows(w, rows).reshape(k, chunk),
+    )
+
+
+def _ce_losses(h, W, b, y, chunk):
+    hc, yc, _ = _split(h, y, jnp.zeros(h.shape[:1], h.dtype), chunk)
+    losses = jax.lax.map(lambda a: _chunk_losses(a[0], W, b, a[1])[0], (hc, yc))
+    return losses.reshape(-1)[: h.shape[0]]
+
+
+def _weighted_sum(losses, w):
+    # Rows of weight 0 add nothing, even if their loss is not finite.
+    return jnp.sum(jnp.where(w != 0, losses * w, 0))
+
+
+def _ce_value(h, W, b, y, w, chunk):
+    losses = _ce_losses(h, W, b, y, chunk)
+    return _weighted_sum(losses, w), losses
+
+
+_ce = jax.custom_vjp(_ce_value, nondiff_argnums=(5,))
+
+
+def _ce_fwd(h, W, b, y, w, chunk):
+    h, W, b, y, w = h.value, W.value, b.value, y.value, w.value
+    N, V = h.shape[0], W.shape[1]
+    hc, yc, wc = _split(h, y, w, chunk)
+
+    def chunk(hh, yy, ww):
+        loss, e, s = _chunk_losses(hh, W, b, yy)
+        dlogits = (e / s - jax.nn.one_hot(yy, V, dtype=e.dtype)) * ww[:, None]
+        dlogits = jnp.where(ww[:, None] != 0, dlogits, 0)
+        return loss, dlogits @ W.T, hh.T @ dlogits, jnp.sum(dlogits, axis=0)
+
+    def body(acc, a):
+        loss, dh, dW, db = chunk(*a)
+        return (acc[0] + dW, acc[1] + db), (loss, dh)
+
+    # The first chunk starts the sums (no zero-filled [H, V] buffer to add to).
+    loss0, dh0, dW, db = chunk(hc[0], yc[0], wc[0])
+    (dW, db), (losses, dh) = jax.lax.scan(body, (dW, db), (hc[1:], yc[1:], wc[1:]))
+    losses = jnp.concatenate([loss0, losses.reshape(-1)])[:N]
+    dh = jnp.concatenate([dh0, dh.reshape(-1, h.shape[1])])[:N]
+    return (_weighted_sum(losses, w), losses), (h, W, b, y, w, losses, dh, dW, db)
+
+
+def _ce_bwd(chunk, res, cts):
+    h, W, b, y, w, losses, dh, dW, db = res
+    g, g_losses = cts
+    g = jnp.zeros((), losses.dtype) if isinstance(g, SymbolicZero) else g
+    grads = (g * dh, g * dW, g * db)
+    if not isinstance(g_losses, SymbolicZero):
+        # The per-row losses are differentiated too (not just the weighted
+        # sum the forward pass prepared for): recompute their gradient.
+        _, vjp = jax.vjp(lambda h, W, b: _ce_losses(h, W, b, y, chunk), h, W, b)
+        grads = tuple(a + c for a, c in zip(grads, vjp(g_losses)))
+    return (*grads, None, g * losses)
+
+
+_ce.defvjp(_ce_fwd, _ce_bwd, symbolic_zeros=True)
+
+
+def softmax_cross_entropy(
+    h: Array,
+    W: Array,
+    b: Array,
+    targets: Array,
+    weights: Array,
+    *,
+    chunk_rows: Optional[int] = None,
+) -> tuple[Array, Array]:
+    """Output layer and cross-entropy without materializing the logits.
+
+    Args:
+      h: ``float[N, H]`` hidden states (one row per token).
+      W, b: output layer ``[H, V]``, ``[V]``.
+      targets: ``int[N]``, the token each row should predict.
+      weights: ``float[N]``: each row's weight in the total (0 drops a row,
+        ``1/B`` averages over a batch).
+      chunk_rows: rows per chunk (default :func:`cross_entropy_chunk_rows`).
+
+    Returns:
+      ``(total, losses)``: ``sum(weights * losses)`` and ``losses: float[N]``,
+      ``-log softmax(h W + b)[targets]``.  The gradient of ``total`` is
+      computed chunk by chunk in the forward pass (``softmax - onehot`` folded
+      into ``dh``, ``dW``, ``db`` at once) and only scaled in the backward
+      pass; a gradient through ``losses`` recomputes the logits.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> h, W = jnp.ones((5, 3)), jnp.arange(12.0).reshape(3, 4) / 10
+      >>> y, w = jnp.array([0, 1, 2, 3, 0]), jnp.ones(5)
+      >>> total, losses = softmax_cross_entropy(h, W, jnp.zeros(4), y, w, chunk_rows=2)
+      >>> bool(jnp.allclose(losses, optax.softmax_cross_entropy_with_integer_labels(h @ W, y)))
+      True
+    """
+    h, W, b = jnp.asarray(h), jnp.asarray(W), jnp.asarray(b)
+    targets, weights = jnp.asarray(targets), jnp.asarray(weights, h.dtype)
+    if h.ndim != 2 or W.ndim != 2 or h.shape[1] != W.shape[0] or b.shape != (W.shape[1],):
+        raise ValueError(
+            f"expected h [N, H], W [H, V], b [V]; got {h.shape}, {W.shape}, {b.shape}"
+        )
+    if targets.shape != h.shape[:1] or weights.shape != h.shape[:1]:
+        raise ValueError(
+            f"targets and weights must have shape [N]={h.shape[:1]}, "
+            f"got {targets.shape} and {weights.shape}"
+        )
+    N = h.shape[0]
+    if N == 0:
+        return jnp.zeros((), h.dtype), jnp.zeros((0,), h.dtype)
+    chunk = chunk_rows or cross_entropy_chunk_rows(N, W.shape[1])
+    if not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    return _ce(h, W, b, targets, weights, min(chunk, N))
