@@ -20,8 +20,9 @@ gradient XLA derives is correct but slow on a CPU:
   walks the rows in chunks of about a million logits: per chunk the logits,
   the loss and, when a gradient is wanted, ``dlogits = softmax - onehot``,
   folded at once into ``dh``, ``dW`` and ``db``.  The [B*T, V] arrays never
-  exist, so the step's scratch memory shrinks (56 MB -> 14 MB) and, on a CPU,
-  stops being returned to the OS and faulted back in at every step.
+  exist: for a Zaremba-small window the output layer's scratch memory falls
+  from 56 MB to 14 MB, and the whole train step's XLA memory from 104 MB to
+  60 MB (benchmarks/RESULTS.md).
 
 Both are used by default (``jrnn.rnn_lm(..., custom_vjp=True)``, ``jrnn.unroll(...,
 custom_vjp=True)``).  A ``custom_vjp`` function has no forward-mode rule:
@@ -83,6 +84,8 @@ def lstm_gates(z: Array, hidden_size: int) -> Array:
 
 def _prev(states: Array, first: Array, reverse: bool) -> Array:
     """The state *before* each step: ``[first, s_0, ..., s_{T-2}]`` (mirrored when ``reverse``)."""
+    if states.shape[0] == 0:
+        return states
     if reverse:
         return jnp.concatenate([states[1:], first[None]], axis=0)
     return jnp.concatenate([first[None], states[:-1]], axis=0)

@@ -12,6 +12,11 @@ training code work for either:
   continues the text in the next call (truncated BPTT).
 * ``encode(params, tokens, lengths=None) -> float[B, H]``: the final hidden
   state, a summary vector of each sequence.
+* ``features(params, tokens, carry=None, *, lengths=None, key=None) ->
+  (h: float[B, T, H], (W_out, b_out), carry)``: what ``apply`` computes
+  before its output layer, so that :func:`sequence_loss` can run the output
+  layer and the cross-entropy together without the ``[B, T, V]`` logits
+  (:func:`jrnn.fused.softmax_cross_entropy`).  Optional (``None``).
 
 Token arrays are batch-major ``[B, T]`` here; the recurrence itself runs
 time-major inside :func:`jrnn.unroll`.
@@ -94,9 +99,8 @@ class LanguageModel(NamedTuple):
     initial_carry: Callable[..., Any]
     apply: Callable[..., tuple]
     encode: Callable[..., Array]
-    # features(params, tokens, carry=None, *, key=None) -> (h [B, T, H], (W [H, V], b [V]), carry):
-    # apply's last hidden layer and output layer, for the fused loss.  Tied to
-    # ``apply``: a model whose apply was replaced is scored through its logits.
+    # Optional, see the module doc.  Tied to ``apply`` (``features.apply is
+    # apply``): a model whose apply was replaced is scored through its logits.
     features: Optional[Callable[..., tuple]] = None
 
 
@@ -358,7 +362,10 @@ def sequence_loss(
 
     As in the lecture, the network makes one output and so one loss per
     timestep, and the losses are added up; ``jax.grad`` of this scalar is
-    backpropagation through time.
+    backpropagation through time.  With ``model.config.custom_vjp`` (the
+    default) the output layer and the cross-entropy run chunk by chunk
+    through :func:`jrnn.fused.softmax_cross_entropy`: the same loss and
+    gradient without the ``[B, T, V]`` logits.
 
     Args:
       model: a :class:`LanguageModel`.

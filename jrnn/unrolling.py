@@ -42,7 +42,9 @@ def auto_unroll(backend: Optional[str] = None) -> int:
 
     CPU: 1.  On the 2-core development machine no factor won reliably for the
     Zaremba-small step (within the +-15 % spread of a loaded machine) while
-    compile time grew from 2.3 s (1) to 9.8 s (16); see benchmarks/RESULTS.md.
+    compile time grew from 2.3 s (1) to 9.8 s (16); with the hand-written
+    backward passes (jrnn.fused) 2, 4 and 8 were 3-7 % slower than 1 for that
+    step and within 3 % for a T = 4096 LSTM; see benchmarks/RESULTS.md.
     GPU/TPU: 8, the factor of the issue's H200 measurements (the recurrence is
     latency-bound there, and unrolling lets XLA fuse across steps); not
     re-measured in this repository yet.

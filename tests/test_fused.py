@@ -252,3 +252,20 @@ def test_keep_host_memory_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     applied, libc = out.stdout.split()
     assert applied == ("True" if libc == "glibc" else "False")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "elman"])
+@pytest.mark.parametrize("T", [0, 1])
+def test_sequence_handles_empty_and_single_step(kind, T):
+    cells, params = _stack(kind, "tanh", layers=1)
+    xs = random_inputs(0, T, 2, 3)
+    carry = _random_carry(cells, 2, 1)[0]
+
+    def f(custom):
+        def g(p, xs, c):
+            final, hs = jrnn.unroll(cells[0], p, xs, c, custom_vjp=custom)
+            return jnp.sum(hs) + sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(final))
+        return jax.grad(g, argnums=(0, 1, 2))
+
+    chex.assert_trees_all_close(f(True)(params[0], xs, carry), f(False)(params[0], xs, carry),
+                                atol=1e-12)
