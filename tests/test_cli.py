@@ -178,7 +178,7 @@ def test_fused_epoch_trains_like_the_window_loop(ptb, tmp_path):
 def test_data_parallel_flag_on_one_device_and_bad_unroll(ptb, tmp_path, capsys):
     out = str(tmp_path / "dp")
     assert main(["train", "--data", ptb, "--out", out, "--epochs", "1", "--data-parallel",
-                 "--unroll", "2", "--remat", *TINY]) == 0
+                 "--unroll", "2", "--remat", "--release-host-memory", *TINY]) == 0
     assert "data parallel over" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--unroll", "fast"])
