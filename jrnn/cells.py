@@ -277,12 +277,9 @@ def lstm(
         return LSTMCarry(zeros(batch_shape, dtype), zeros(batch_shape, dtype))
 
     def step(params: Params, carry: LSTMCarry, x_proj: Array):
-        h, c = carry
-        # sigmoid(i, f, o) and tanh(g) in one pass (fused.lstm_gates).
-        a = fused.lstm_gates(x_proj + h @ params["W_h"], H)
-        i, f, g, o = a[..., :H], a[..., H : 2 * H], a[..., 2 * H : 3 * H], a[..., 3 * H :]
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        # sigmoid(i, f, o) and tanh(g) in one pass (fused.lstm_gates), then
+        # c = f * c + i * g and h = o * tanh(c).
+        h, c, _ = fused.lstm_update(x_proj + carry.h @ params["W_h"], carry.c, H)
         return LSTMCarry(h, c), h
 
     return Cell(
@@ -326,11 +323,7 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     H = hidden_size
 
     def step(params: Params, h: Array, x_proj: Array):
-        u = h @ params["W_h"] + params["b_h"]
-        rz = jax.nn.sigmoid(x_proj[..., : 2 * H] + u[..., : 2 * H])  # r and z in one pass
-        r, z = rz[..., :H], rz[..., H:]
-        n = jnp.tanh(x_proj[..., 2 * H :] + r * u[..., 2 * H :])
-        h = n + z * (h - n)  # = (1 - z) * n + z * h
+        h, _, _ = fused.gru_update(x_proj, h @ params["W_h"] + params["b_h"], h, H)
         return h, h
 
     return Cell(

@@ -44,6 +44,8 @@ Array = jax.Array
 
 __all__ = [
     "lstm_gates",
+    "lstm_update",
+    "gru_update",
     "lstm_sequence",
     "gru_sequence",
     "elman_sequence",
@@ -82,6 +84,18 @@ def lstm_gates(z: Array, hidden_size: int) -> Array:
     return jnp.tanh(z * s) * s + (1 - s)
 
 
+def lstm_update(z: Array, c: Array, hidden_size: int) -> tuple[Array, Array, Array]:
+    """One LSTM step from its pre-activation ``z = x W + b + h W_h``: ``(h, c, gates)``.
+
+    The step of :func:`jrnn.lstm` and the forward loop of :func:`lstm_sequence`
+    (which keeps ``gates`` for the backward pass) both use it.
+    """
+    H = hidden_size
+    a = lstm_gates(z, H)
+    c = a[..., H : 2 * H] * c + a[..., :H] * a[..., 2 * H : 3 * H]
+    return a[..., 3 * H :] * jnp.tanh(c), c, a
+
+
 def _prev(states: Array, first: Array, reverse: bool) -> Array:
     """The state *before* each step: ``[first, s_0, ..., s_{T-2}]`` (mirrored when ``reverse``)."""
     if states.shape[0] == 0:
@@ -101,9 +115,7 @@ def _lstm_run(H: int, reverse: bool, unroll: int) -> Callable:
     def forward(W_h, xs, h0, c0):
         def body(carry, x):
             h, c = carry
-            a = lstm_gates(x + h @ W_h, H)
-            c = a[:, H : 2 * H] * c + a[:, :H] * a[:, 2 * H : 3 * H]
-            h = a[:, 3 * H :] * jnp.tanh(c)
+            h, c, a = lstm_update(x + h @ W_h, c, H)
             return (h, c), (h, c, a)
 
         return jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
@@ -165,15 +177,24 @@ def lstm_sequence(hidden_size: int) -> Callable:
 # GRU
 
 
+def gru_update(x_proj: Array, u: Array, h: Array, hidden_size: int) -> tuple:
+    """One GRU step from ``x_proj = x W + b`` and ``u = h W_h + b_h``: ``(h, rz, n)``.
+
+    Shared by :func:`jrnn.gru`'s step and the forward loop of
+    :func:`gru_sequence` (which keeps ``rz`` and ``n`` for the backward pass).
+    """
+    H = hidden_size
+    rz = jax.nn.sigmoid(x_proj[..., : 2 * H] + u[..., : 2 * H])  # r and z in one pass
+    n = jnp.tanh(x_proj[..., 2 * H :] + rz[..., :H] * u[..., 2 * H :])
+    return n + rz[..., H:] * (h - n), rz, n  # (1 - z) * n + z * h
+
+
 @functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
 def _gru_run(H: int, reverse: bool, unroll: int) -> Callable:
     def forward(W_h, b_h, xs, h0):
         def body(h, x):
             u = h @ W_h + b_h
-            rz = jax.nn.sigmoid(x[:, : 2 * H] + u[:, : 2 * H])
-            r, z = rz[:, :H], rz[:, H:]
-            n = jnp.tanh(x[:, 2 * H :] + r * u[:, 2 * H :])
-            h = n + z * (h - n)
+            h, rz, n = gru_update(x, u, h, H)
             return h, (h, rz, n, u[:, 2 * H :])
 
         return jax.lax.scan(body, h0, xs, reverse=reverse, unroll=unroll)
