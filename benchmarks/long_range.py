@@ -22,7 +22,7 @@ import time
 import jax
 
 from jrnn import tasks
-from jrnn.cli_tools import format_sweep_table, result_to_dict
+from jrnn.cli.tools import format_sweep_table, result_to_dict
 
 # The budget the README's table was measured with.
 ALL = ["linear", "tanh", "sigmoid", "relu", "lstm", "gru"]

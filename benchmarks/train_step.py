@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     model = jrnn.rnn_lm(a.vocab, cell=a.cell, embed_size=a.hidden, hidden_size=a.hidden,
-                        num_layers=a.layers, init_scale=0.1, unroll=a.unroll)
+                        num_layers=a.layers, init_scale=0.1, method="scan", scan_unroll=a.unroll)
     opt = optax.sgd(1.0)
     state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
     step = jrnn.make_train_step(model, opt, clip_norm=5.0)

@@ -23,7 +23,7 @@ def test_unroll_matches_loop(kind, act, unroll):
     cell, _ = make(kind, 6, act)
     params = cell.init(jax.random.PRNGKey(0), 4, jnp.float64)
     xs = random_inputs(1, 9, 3, 4)
-    carry, hs = jrnn.unroll(cell, params, xs, unroll=unroll)
+    carry, hs = jrnn.unroll(cell, params, xs, method="scan", scan_unroll=unroll)
     want_hs, want_h, want_c = ref.cell_forward(kind, params, xs, activation=act)
     chex.assert_trees_all_close(hs, want_hs, atol=1e-12, rtol=1e-12)
     chex.assert_trees_all_close(_final_h(cell, carry), want_h, atol=1e-12, rtol=1e-12)
@@ -38,7 +38,7 @@ def test_lengths_and_reverse_match_loop(kind, reverse):
     params = cell.init(jax.random.PRNGKey(2), 3, jnp.float64)
     xs = random_inputs(3, 8, 4, 3)
     lengths = jnp.array([8, 5, 0, 1])
-    carry, hs = jrnn.unroll(cell, params, xs, lengths=lengths, reverse=reverse, unroll=2)
+    carry, hs = jrnn.unroll(cell, params, xs, lengths=lengths, reverse=reverse, scan_unroll=2)
     want_hs, want_h, want_c = ref.cell_forward(kind, params, xs, activation=act,
                                                lengths=lengths, reverse=reverse)
     chex.assert_trees_all_close(hs, want_hs, atol=1e-12)
@@ -99,7 +99,7 @@ def test_stacked_layers_match_loop(kind):
     params = [cells[0].init(keys[0], 4, jnp.float64), cells[1].init(keys[1], 5, jnp.float64)]
     xs = random_inputs(8, 6, 2, 4)
     lengths = jnp.array([6, 3])
-    carries, hs = jrnn.unroll(cells, params, xs, lengths=lengths, unroll=4)
+    carries, hs = jrnn.unroll(cells, params, xs, lengths=lengths, scan_unroll=4)
     h1, f1, _ = ref.cell_forward(kind, params[0], xs, lengths=lengths)
     h2, f2, _ = ref.cell_forward(kind, params[1], h1, lengths=lengths)
     chex.assert_trees_all_close(hs, h2, atol=1e-12)
@@ -208,14 +208,14 @@ def test_lengths_closed_over_under_jit():
     chex.assert_trees_all_close(lp, jrnn.log_prob(model, mp, toks, lengths=jnp.array([3])))
 
 
-def test_unroll_modes_agree_with_the_loop():
-    """'auto', remat and the parallel-in-time modes give the loop's result."""
+def test_unroll_methods_agree_with_the_loop():
+    """'auto', 'scan', remat and the parallel-in-time methods give the loop's result."""
     cell = jrnn.linear(3)
     params = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)
     xs = random_inputs(1, 9, 2, 2)
     want, want_h, _ = ref.cell_forward("linear", params, xs)
-    for mode in ("auto", "associative", "doubling"):
-        carry, hs = jrnn.unroll(cell, params, xs, unroll=mode)
+    for method in ("auto", "scan", "associative", "doubling"):
+        carry, hs = jrnn.unroll(cell, params, xs, method=method)
         chex.assert_trees_all_close(hs, want, atol=1e-10)
         chex.assert_trees_all_close(carry, want_h, atol=1e-10)
     lstm = jrnn.lstm(3)
@@ -223,6 +223,9 @@ def test_unroll_modes_agree_with_the_loop():
     loss = lambda c: lambda p: jnp.sum(jrnn.unroll(c, p, xs)[1] ** 2)
     chex.assert_trees_all_close(jax.grad(loss(jrnn.remat(lstm)))(lp), jax.grad(loss(lstm))(lp),
                                 atol=1e-12)
-    with pytest.raises(ValueError, match="unroll must be"):
-        jrnn.unroll(cell, params, xs, unroll="sideways")
-    assert jrnn.auto_unroll("cpu") == 1 and jrnn.auto_unroll("gpu") == 8
+    with pytest.raises(ValueError, match="method must be one of"):
+        jrnn.unroll(cell, params, xs, method="sideways")
+    with pytest.raises(ValueError, match="scan_unroll must be a positive int"):
+        jrnn.unroll(cell, params, xs, scan_unroll=0)
+    with pytest.raises(ValueError, match="needs a linear recurrence"):
+        jrnn.unroll(lstm, lp, xs, method="associative")

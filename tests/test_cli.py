@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jrnn import checkpoint as ckpt
+from jrnn.training import checkpoint as ckpt
 from jrnn.cli import main
 
 SENTENCES = ["john is driving a car", "mary is driving a truck", "john is feeding a cat",

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import jrnn
-from jrnn import diagnostics as dg
+from jrnn.analysis import diagnostics as dg
 from tests.helpers import random_inputs
 
 

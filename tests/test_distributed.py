@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np, optax
     import jrnn
-    from jrnn import distributed
+    from jrnn.training import distributed
 
     out = {"device_count": jax.device_count()}
     mesh = distributed.make_mesh()

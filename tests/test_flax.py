@@ -1,4 +1,4 @@
-"""jrnn.flax: linen and NNX modules == jrnn.unroll; jit, grad, remat, serialization, training."""
+"""jrnn.interop.flax: linen and NNX modules == jrnn.unroll; jit, grad, remat, serialization, training."""
 
 import chex
 import flax.linen as nn
@@ -10,8 +10,8 @@ import pytest
 from flax import nnx, serialization
 
 import jrnn
-import jrnn.flax as jf
-from jrnn.unrolling import reverse_within_lengths
+from jrnn.core.masking import reverse_within_lengths
+from jrnn.interop import flax as jf
 
 B, T, D, H = 3, 6, 4, 5
 LENGTHS = jnp.array([6, 2, 4])

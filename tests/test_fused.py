@@ -1,4 +1,4 @@
-"""jrnn.fused: the hand-written backward passes equal autodiff and the loop reference."""
+"""jrnn.core.backward: the hand-written backward passes equal autodiff and the loop reference."""
 
 import subprocess
 import sys
@@ -11,9 +11,9 @@ import optax
 import pytest
 
 import jrnn
-from jrnn import fused
 from jrnn import reference as ref
-from jrnn.cells import sequence_for
+from jrnn.core import backward as fused
+from jrnn.core.cells import sequence_for
 from tests.helpers import random_inputs, to_np
 
 CELLS = [
@@ -56,7 +56,7 @@ def test_sequence_equals_autodiff_scan(kind, act, reverse, unroll):
 
     def objective(custom):
         def f(params, xs, carry):
-            final, hs = jrnn.unroll(cells, params, xs, carry, reverse=reverse, unroll=unroll,
+            final, hs = jrnn.unroll(cells, params, xs, carry, reverse=reverse, scan_unroll=unroll,
                                     custom_vjp=custom)
             # Every output: the sequence, the final h and (LSTM) the final c.
             return jnp.sum(hs * w) + sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(final))
@@ -248,7 +248,8 @@ def test_fused_train_step_needs_less_scratch_memory():
 
 
 def test_keep_host_memory_in_a_fresh_process():
-    code = "import platform, jrnn; print(jrnn.keep_host_memory(), platform.libc_ver()[0])"
+    code = ("import platform; from jrnn.training.runtime import keep_host_memory; "
+            "print(keep_host_memory(), platform.libc_ver()[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     applied, libc = out.stdout.split()
     assert applied == ("True" if libc == "glibc" else "False")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jrnn
-from jrnn import parallel
+from jrnn.core import parallel
 from jrnn import reference as ref
 from tests.helpers import random_inputs, to_np
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jrnn import tasks
-from jrnn.cli_tools import diagnose_main, format_sweep_table, tasks_main
+from jrnn.analysis import tasks
+from jrnn.cli.tools import diagnose_main, format_sweep_table, tasks_main
 
 
 _adding_jit = jax.jit(tasks.adding_problem, static_argnums=(1, 2), static_argnames="variant")
@@ -211,8 +211,8 @@ def test_diagnose_cli_writes_tables_and_plots(capsys, tmp_path):
 def test_training_figure_marks_the_first_nonfinite_step(tmp_path):
     import optax
 
-    from jrnn import diagnostics as dg
-    from jrnn import plots
+    from jrnn.analysis import diagnostics as dg
+    from jrnn.analysis import plots
 
     loss = lambda p, s: jnp.sum((s * p["w"]) ** 2)
     traces = {name: dg.watch_training(loss, {"w": jnp.ones(2)}, optax.sgd(0.01), batches)

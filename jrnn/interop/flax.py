@@ -1,6 +1,6 @@
 r"""Flax modules around jrnn cells: linen and NNX, parameters in jrnn's layout.
 
-Import it on its own (``import jrnn.flax``); ``import jrnn`` does not load it.
+Import it on its own (``from jrnn.interop import flax as jf``); ``import jrnn`` does not load it.
 
 Every module here runs :func:`jrnn.unroll` and nothing else, so a module and
 the free function give the same numbers for the same weights.  The layers
@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jrnn.cells import Cell
-from jrnn.unrolling import reverse_within_lengths, unroll
+from jrnn.core.cells import Cell
+from jrnn.core.masking import reverse_within_lengths
+from jrnn.core.unroll import unroll
 
 Array = jax.Array
 
@@ -89,7 +90,7 @@ def _run(cells, params, inputs, initial_carry, seq_lengths, *, time_major, rever
     xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [T, B, D]
     carry, hs = unroll(
         cells, params, xs, initial_carry, lengths=seq_lengths, reverse=reverse,
-        unroll=unroll_factor, dropout=dropout, key=key,
+        method="scan", scan_unroll=unroll_factor, dropout=dropout, key=key,
     )
     if reverse and not keep_order:
         # nn.RNN's default: a reversed layer returns its outputs in processing
@@ -106,8 +107,8 @@ def layers_from_flax(params: dict) -> list:
     The list is what :func:`jrnn.unroll` takes for a stack of cells.
 
     Example:
-      >>> import jrnn.flax
-      >>> jrnn.flax.layers_from_flax({"layer_1": "b", "layer_0": "a"})
+      >>> from jrnn.interop import flax as jf
+      >>> jf.layers_from_flax({"layer_1": "b", "layer_0": "a"})
       ['a', 'b']
     """
     names = sorted(params, key=lambda n: int(n.rsplit("_", 1)[-1]))
@@ -120,8 +121,8 @@ def layers_to_flax(params: Sequence[dict]) -> dict:
     """``[p0, p1, ...]`` (jrnn's stack params) -> a :class:`Stack`'s ``{"layer_0": p0, ...}``.
 
     Example:
-      >>> import jrnn.flax
-      >>> jrnn.flax.layers_to_flax(["a", "b"])
+      >>> from jrnn.interop import flax as jf
+      >>> jf.layers_to_flax(["a", "b"])
       {'layer_0': 'a', 'layer_1': 'b'}
     """
     return {f"layer_{i}": p for i, p in enumerate(params)}
@@ -147,7 +148,7 @@ class RNN(nn.Module):
     ``variables["params"]`` can be passed to ``jrnn.unroll(cell, ...)`` as is.
 
     Attributes:
-      cell: a jrnn :class:`~jrnn.cells.Cell`, e.g. ``jrnn.lstm(64)``.
+      cell: a jrnn :class:`~jrnn.core.cells.Cell`, e.g. ``jrnn.lstm(64)``.
       time_major, return_carry, reverse, keep_order: as ``nn.RNN``; each can
         be overridden per call.  ``reverse=True`` reads each sequence from its
         last valid step back; with ``keep_order=False`` (Flax's default) the
@@ -157,8 +158,9 @@ class RNN(nn.Module):
       param_dtype: dtype of the parameters.
 
     Example:
-      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
-      >>> layer = jrnn.flax.RNN(jrnn.lstm(8))
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
+      >>> layer = jf.RNN(jrnn.lstm(8))
       >>> x = jnp.ones((2, 5, 3))                      # [B, T, D]
       >>> variables = layer.init(jax.random.PRNGKey(0), x)
       >>> sorted(variables["params"])
@@ -232,8 +234,9 @@ class Stack(nn.Module):
     :func:`layers_from_flax` / :func:`layers_to_flax`.
 
     Example:
-      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
-      >>> stack = jrnn.flax.Stack([jrnn.gru(6), jrnn.gru(4)], return_carry=True)
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
+      >>> stack = jf.Stack([jrnn.gru(6), jrnn.gru(4)], return_carry=True)
       >>> x = jnp.ones((2, 5, 3))
       >>> variables = stack.init(jax.random.PRNGKey(0), x)
       >>> carries, ys = stack.apply(variables, x)
@@ -326,8 +329,9 @@ class Bidirectional(nn.Module):
     go to both.  The carry is ``(forward_carry, backward_carry)``.
 
     Example:
-      >>> import jax, jax.numpy as jnp, jrnn, jrnn.flax
-      >>> bi = jrnn.flax.Bidirectional(jrnn.flax.RNN(jrnn.lstm(4)), jrnn.flax.RNN(jrnn.lstm(4)))
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
+      >>> bi = jf.Bidirectional(jf.RNN(jrnn.lstm(4)), jf.RNN(jrnn.lstm(4)))
       >>> x = jnp.ones((2, 5, 3))
       >>> variables = bi.init(jax.random.PRNGKey(0), x)
       >>> bi.apply(variables, x, seq_lengths=jnp.array([5, 2])).shape
@@ -374,9 +378,10 @@ class NNXRNN(nnx.Module):
     linen :class:`RNN`.
 
     Example:
-      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> import jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
       >>> from flax import nnx
-      >>> layer = jrnn.flax.NNXRNN(jrnn.gru(8), 3, rngs=nnx.Rngs(0))
+      >>> layer = jf.NNXRNN(jrnn.gru(8), 3, rngs=nnx.Rngs(0))
       >>> x = jnp.ones((2, 5, 3))
       >>> carry, ys = layer(x, return_carry=True)
       >>> _, hs = jrnn.unroll(jrnn.gru(8), layer.params, x, time_major=False)
@@ -450,9 +455,10 @@ class NNXStack(nnx.Module):
     ``eval()`` mode.
 
     Example:
-      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> import jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
       >>> from flax import nnx
-      >>> stack = jrnn.flax.NNXStack([jrnn.lstm(6), jrnn.lstm(4)], 3, rngs=nnx.Rngs(0))
+      >>> stack = jf.NNXStack([jrnn.lstm(6), jrnn.lstm(4)], 3, rngs=nnx.Rngs(0))
       >>> x = jnp.ones((2, 5, 3))
       >>> _, hs = jrnn.unroll(list(stack.cells), stack.params, x, time_major=False)
       >>> bool((stack(x) == hs).all())
@@ -531,11 +537,12 @@ class NNXBidirectional(nnx.Module):
         y_t = \mathrm{merge}(\overrightarrow{h}_t, \overleftarrow{h}_t)
 
     Example:
-      >>> import jax.numpy as jnp, jrnn, jrnn.flax
+      >>> import jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
       >>> from flax import nnx
       >>> rngs = nnx.Rngs(0)
-      >>> bi = jrnn.flax.NNXBidirectional(jrnn.flax.NNXRNN(jrnn.gru(4), 3, rngs=rngs),
-      ...                                 jrnn.flax.NNXRNN(jrnn.gru(4), 3, rngs=rngs))
+      >>> bi = jf.NNXBidirectional(jf.NNXRNN(jrnn.gru(4), 3, rngs=rngs),
+      ...                                 jf.NNXRNN(jrnn.gru(4), 3, rngs=rngs))
       >>> bi(jnp.ones((2, 5, 3))).shape
       (2, 5, 8)
     """

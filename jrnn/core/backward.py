@@ -20,19 +20,17 @@ gradient XLA derives is correct but slow on a CPU:
   walks the rows in chunks of about a million logits: per chunk the logits,
   the loss and, when a gradient is wanted, ``dlogits = softmax - onehot``,
   folded at once into ``dh``, ``dW`` and ``db``.  The [B*T, V] arrays never
-  exist: for a Zaremba-small window the output layer's scratch memory falls
-  from 56 MB to 14 MB, and the whole train step's XLA memory from 104 MB to
-  60 MB (benchmarks/RESULTS.md).
+  exist (the memory saved is measured in ``benchmarks/RESULTS.md``).
 
 Both are used by default (``jrnn.rnn_lm(..., custom_vjp=True)``, ``jrnn.unroll(...,
-custom_vjp=True)``).  A ``custom_vjp`` function has no forward-mode rule:
+custom_vjp=True)``).  A cell carries its whole-layer pass in its ``sequence``
+field, tied to the ``step`` it was written for (``Cell.sequence_step``).  A ``custom_vjp`` function has no forward-mode rule:
 pass ``custom_vjp=False`` to use ``jax.jvp`` / ``jax.jacfwd`` through a model.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional
 
 import jax
@@ -40,60 +38,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from jrnn.core.gates import ACTIVATIONS, LSTMCarry, gru_update, lstm_update
+from jrnn.core.select import cross_entropy_chunk_rows
+from jrnn.core.validation import positive_int
+
 Array = jax.Array
 
 __all__ = [
-    "lstm_gates",
-    "lstm_update",
-    "gru_update",
     "lstm_sequence",
     "gru_sequence",
     "elman_sequence",
     "softmax_cross_entropy",
-    "cross_entropy_chunk_rows",
 ]
 
 
 # ---------------------------------------------------------------------------
-# LSTM
-
-
-def _lstm_scale(hidden_size: int, dtype) -> Array:
-    # 1/2 on the sigmoid blocks (i, f, o), 1 on the tanh block g.
-    s = np.full(4 * hidden_size, 0.5)
-    s[2 * hidden_size : 3 * hidden_size] = 1.0
-    return jnp.asarray(s, dtype)
-
-
-def lstm_gates(z: Array, hidden_size: int) -> Array:
-    """All four LSTM gate activations of ``z: [..., 4H]`` in one pass: ``[..., 4H]``.
-
-    ``sigmoid(x) = tanh(x / 2) / 2 + 1/2``, so one ``tanh`` over the whole
-    pre-activation with a per-column scale gives (i, f, o) = sigmoid and
-    g = tanh.  On a CPU this is 2.3x faster than four sliced activations
-    (35 us -> 15 us per [20, 800] step, benchmarks/RESULTS.md).
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> z = jnp.linspace(-3.0, 3.0, 8)
-      >>> a = lstm_gates(z, 2)
-      >>> bool(jnp.allclose(a[:2], jax.nn.sigmoid(z[:2]), atol=1e-6)), bool(jnp.allclose(a[4:6], jnp.tanh(z[4:6])))
-      (True, True)
-    """
-    s = _lstm_scale(hidden_size, z.dtype)
-    return jnp.tanh(z * s) * s + (1 - s)
-
-
-def lstm_update(z: Array, c: Array, hidden_size: int) -> tuple[Array, Array, Array]:
-    """One LSTM step from its pre-activation ``z = x W + b + h W_h``: ``(h, c, gates)``.
-
-    The step of :func:`jrnn.lstm` and the forward loop of :func:`lstm_sequence`
-    (which keeps ``gates`` for the backward pass) both use it.
-    """
-    H = hidden_size
-    a = lstm_gates(z, H)
-    c = a[..., H : 2 * H] * c + a[..., :H] * a[..., 2 * H : 3 * H]
-    return a[..., 3 * H :] * jnp.tanh(c), c, a
+# Shared pieces
 
 
 def _prev(states: Array, first: Array, reverse: bool) -> Array:
@@ -163,8 +123,6 @@ def lstm_sequence(hidden_size: int) -> Callable:
     ``carry = LSTMCarry(h, c)`` and ``hs: [T, B, H]``; the same values as
     ``lax.scan`` of :func:`jrnn.lstm`'s step.  Only ``params["W_h"]`` is read.
     """
-    from jrnn.cells import LSTMCarry
-
     def run(params, xs_proj, carry, *, reverse: bool = False, unroll=1):
         fn = _lstm_run(hidden_size, bool(reverse), unroll)
         (h, c), hs = fn(params["W_h"], xs_proj, carry.h, carry.c)
@@ -175,18 +133,6 @@ def lstm_sequence(hidden_size: int) -> Callable:
 
 # ---------------------------------------------------------------------------
 # GRU
-
-
-def gru_update(x_proj: Array, u: Array, h: Array, hidden_size: int) -> tuple:
-    """One GRU step from ``x_proj = x W + b`` and ``u = h W_h + b_h``: ``(h, rz, n)``.
-
-    Shared by :func:`jrnn.gru`'s step and the forward loop of
-    :func:`gru_sequence` (which keeps ``rz`` and ``n`` for the backward pass).
-    """
-    H = hidden_size
-    rz = jax.nn.sigmoid(x_proj[..., : 2 * H] + u[..., : 2 * H])  # r and z in one pass
-    n = jnp.tanh(x_proj[..., 2 * H :] + rz[..., :H] * u[..., 2 * H :])
-    return n + rz[..., H:] * (h - n), rz, n  # (1 - z) * n + z * h
 
 
 @functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
@@ -249,20 +195,9 @@ def gru_sequence(hidden_size: int) -> Callable:
 # ---------------------------------------------------------------------------
 # Elman / linear
 
-# d act / d z written with the activation's output y = act(z).
-_DERIVATIVES: dict[str, Callable[[Array], Array]] = {
-    "identity": lambda y: jnp.ones_like(y),
-    "tanh": lambda y: 1 - y * y,
-    "sigmoid": lambda y: y * (1 - y),
-    "relu": lambda y: (y > 0).astype(y.dtype),
-}
-
-
 @functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
 def _elman_run(act_name: str, reverse: bool, unroll: int) -> Callable:
-    from jrnn.cells import ACTIVATIONS
-
-    act, deriv = ACTIVATIONS[act_name], _DERIVATIVES[act_name]
+    act, deriv = ACTIVATIONS[act_name].fn, ACTIVATIONS[act_name].derivative
 
     def forward(W_h, xs, h0):
         def body(h, x):
@@ -302,7 +237,7 @@ def elman_sequence(activation: str) -> Optional[Callable]:
     ``"relu"`` (their derivatives are written from the output); returns
     ``None`` for anything else, and the caller falls back to autodiff.
     """
-    if activation not in _DERIVATIVES:
+    if activation not in ACTIVATIONS:
         return None
 
     def run(params, xs_proj, carry, *, reverse: bool = False, unroll=1):
@@ -313,21 +248,6 @@ def elman_sequence(activation: str) -> Optional[Callable]:
 
 # ---------------------------------------------------------------------------
 # Output layer + cross-entropy
-
-
-def cross_entropy_chunk_rows(num_rows: int, vocab_size: int, backend: Optional[str] = None) -> int:
-    """Rows per chunk for :func:`softmax_cross_entropy`: about 1.5M logits on a CPU.
-
-    1.5M float32 logits (6 MB) stay in the L3 cache of the development
-    machine; 140 rows x 10k was the fastest of 70 / 140 / 350 / 700 there.
-    On GPU/TPU the chunk is 64M logits (usually a single chunk: the fused
-    gradient without splitting the matmuls); not measured in this repository.
-    """
-    backend = backend or jax.default_backend()
-    budget = 1_500_000 if backend == "cpu" else 64_000_000
-    per_chunk = max(1, min(num_rows, budget // max(vocab_size, 1)))
-    chunks = -(-num_rows // per_chunk)
-    return -(-num_rows // chunks)  # balanced: the same chunk count, less padding
 
 
 def _chunk_losses(h, W, b, y):
@@ -464,7 +384,6 @@ def softmax_cross_entropy(
     N = h.shape[0]
     if N == 0:
         return jnp.zeros((), h.dtype), jnp.zeros((0,), h.dtype)
-    chunk = chunk_rows or cross_entropy_chunk_rows(N, W.shape[1])
-    if not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    chunk = cross_entropy_chunk_rows(N, W.shape[1]) if chunk_rows is None else positive_int(
+        "chunk_rows", chunk_rows)
     return _ce(h, W, b, targets, weights, min(chunk, N))

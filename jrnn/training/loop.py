@@ -18,8 +18,8 @@ import numpy as np
 import optax
 
 from jrnn.data import batchify, bptt_windows, num_windows
-from jrnn.lm import LanguageModel
-from jrnn.train import TrainState, make_eval_step
+from jrnn.models.lm import LanguageModel
+from jrnn.training.step import TrainState, make_eval_step
 
 __all__ = [
     "make_optimizer",

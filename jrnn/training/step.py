@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jrnn.lm import LanguageModel, sequence_loss
+from jrnn.models.lm import LanguageModel
+from jrnn.models.losses import sequence_loss
 
 Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "make_train_step", "make_eval_step", "all_finite",
-    "global_norm", "make_train_epoch",
+    "make_train_epoch",
 ]
 
 
@@ -33,14 +35,21 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key: Array
 
 
 def all_finite(tree) -> Array:
-    """True when every leaf of ``tree`` is finite (a scalar bool array)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    """True when every entry of every leaf of ``tree`` is finite (a scalar bool array).
+
+    Checked leaf by leaf rather than through the global norm, which overflows
+    to ``inf`` for large but finite gradients.  (optax 0.2 has no tree-wide
+    finiteness test of its own; its ``global_norm`` is used for the norm.)
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])}))
+      False
+    """
+    return jax.tree_util.tree_reduce(
+        lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
 
 
-def global_norm(tree) -> Array:
-    """sqrt of the sum of squares of every entry of every leaf (the norm clipping uses)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def make_train_step(
@@ -56,7 +65,7 @@ def make_train_step(
     """Build ``step(state, inputs, targets, carry=None, mask=None) -> (state, carry, metrics)``.
 
     One step of truncated BPTT on a window ``inputs, targets: int[B, T]``:
-    the loss is :func:`~jrnn.lm.sequence_loss` (summed over time, averaged
+    the loss is :func:`jrnn.sequence_loss` (summed over time, averaged
     over the batch when ``batch_mean``), its gradient comes from ``jax.grad``
     through the scan, the gradient's global norm is clipped to ``clip_norm``
     and ``optimizer`` applies the update.  The returned carry feeds the next
@@ -83,9 +92,13 @@ def make_train_step(
       >>> sorted(m)
       ['finite', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
     """
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
-    clipper = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
+    if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ValueError(f"clip_norm must be positive and finite, or None; got {clip_norm}")
+    # The clipping is the first link of an optax chain.  Its state is empty, so
+    # the TrainState keeps only ``optimizer``'s state (as init_train_state made
+    # it) and the chain's state is assembled from the two inits each step.
+    clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
+    tx = optimizer if clip is None else optax.chain(clip, optimizer)
     use_dropout = getattr(model.config, "dropout", 0.0) > 0
 
     def loss_fn(params, inputs, targets, carry, mask, key):
@@ -99,11 +112,13 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, inputs, targets, carry, mask, dropout_key
         )
-        grad_norm = global_norm(grads)
+        grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & all_finite(grads)
-        if clipper is not None:
-            grads, _ = clipper.update(grads, optax.EmptyState())
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if clip is None:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        else:
+            chain_state = (clip.init(state.params), state.opt_state)
+            updates, (_, opt_state) = tx.update(grads, chain_state, state.params)
         params = optax.apply_updates(state.params, updates)
         skipped = jnp.zeros((), bool)
         if skip_nonfinite:

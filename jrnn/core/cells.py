@@ -18,9 +18,19 @@ A cell knows one timestep of the recurrence and nothing else.  Every cell has
 * ``sequence`` -- optional: ``sequence(params, xs_proj, carry, *, reverse,
   unroll) -> (carry, hs)`` runs the whole layer with the same values as
   ``lax.scan`` of ``step`` but a hand-written backward pass
-  (:mod:`jrnn.fused`); :func:`jrnn.unroll` uses it unless told not to.  It is
-  tied to the ``step`` it was written for: a cell whose ``step`` was replaced
-  (``cell._replace(step=...)``) falls back to autodiff of the new step.
+  (:mod:`jrnn.core.backward`); :func:`jrnn.unroll` uses it unless told not to.
+  ``sequence_step`` names the ``step`` it was written for: a cell whose
+  ``step`` was replaced (``remat``, a diagnostics probe,
+  ``cell._replace(step=...)``) falls back to autodiff of its own step
+  (:func:`sequence_for`).
+
+What a cell *is* lives in typed fields, never in strings to parse:
+``kind`` is the family (``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``,
+``"diagonal"``), ``activation`` the named activation of a linear or Elman
+cell (``None`` for gated cells and custom callables), and ``remat`` whether
+the step is rematerialized.  Wrapping a cell (:func:`remat`) keeps its kind,
+so every consumer (parallel scans, the PyTorch exchange, the Jacobian bound)
+still accepts it.
 
 Arrays use the row-vector convention ``x @ W``: ``W`` is ``weight_ih.T`` of
 PyTorch and ``W_h`` is ``weight_hh.T``.  Gate blocks are laid out in
@@ -35,7 +45,9 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from jrnn import fused
+from jrnn.core import backward
+from jrnn.core.gates import ACTIVATIONS, LSTMCarry, gru_update, lstm_update
+from jrnn.core.validation import positive_int
 
 Array = jax.Array
 Params = dict
@@ -49,6 +61,8 @@ __all__ = [
     "lstm",
     "gru",
     "make_cell",
+    "remat",
+    "sequence_for",
     "ACTIVATIONS",
     "CELL_KINDS",
 ]
@@ -66,59 +80,58 @@ class Cell(NamedTuple):
     step: Callable[[Params, Carry, Array], tuple]
     hidden: Callable[[Carry], Array]
     sequence: Optional[Callable[..., tuple]] = None
+    activation: Optional[str] = None
+    sequence_step: Optional[Callable] = None
+    remat: bool = False
 
-
-class LSTMCarry(NamedTuple):
-    """The LSTM's carry: hidden state ``h`` and memory cell ``c``, both ``[B, H]``."""
-
-    h: Array
-    c: Array
-
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "identity": lambda z: z,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,
-}
 
 CELL_KINDS = ("linear", "elman", "lstm", "gru")
 
 
-def _tied(sequence: Optional[Callable], step: Callable) -> Optional[Callable]:
-    """Mark ``sequence`` as the whole-layer form of ``step`` (see :class:`Cell`)."""
-    if sequence is not None:
-        sequence.step = step
-    return sequence
+def sequence_for(cell: Cell) -> Optional[Callable]:
+    """``cell.sequence`` if it still belongs to ``cell.step``, else ``None``.
+
+    Example:
+      >>> import jrnn
+      >>> cell = jrnn.lstm(4)
+      >>> sequence_for(cell) is cell.sequence, sequence_for(jrnn.remat(cell))
+      (True, None)
+    """
+    if cell.sequence is not None and cell.sequence_step is cell.step:
+        return cell.sequence
+    return None
 
 
-def sequence_for(cell: "Cell") -> Optional[Callable]:
-    """``cell.sequence`` if it still belongs to ``cell.step``, else ``None``."""
-    seq = cell.sequence
-    return seq if seq is not None and getattr(seq, "step", None) is cell.step else None
+def remat(cell: Cell) -> Cell:
+    """The same cell with its step under ``jax.checkpoint`` (rematerialization).
+
+    The backward pass recomputes each step's gates from the saved carry instead
+    of keeping them: about ``T * B * G * H`` fewer floats held for long
+    sequences, for one more forward step each.  Results are unchanged, and so
+    are the cell's ``kind`` and ``activation``; the hand-written backward pass
+    (which keeps the gates) is not used for a rematerialized step.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.remat(jrnn.lstm(4))
+      >>> cell.kind, cell.remat
+      ('lstm', True)
+      >>> params = cell.init(jax.random.PRNGKey(0), 2)
+      >>> jrnn.unroll(cell, params, jnp.ones((3, 1, 2)))[1].shape
+      (3, 1, 4)
+    """
+    return cell._replace(step=jax.checkpoint(cell.step), remat=True)
 
 
-def _check_hidden_size(hidden_size: int) -> int:
-    if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
-        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
-    return hidden_size
-
-
-def _check_input_size(input_size: int) -> int:
-    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size <= 0:
-        raise ValueError(f"input_size must be a positive int, got {input_size!r}")
-    return input_size
-
-
-def _resolve_activation(activation: Union[str, Callable]) -> tuple[str, Callable]:
+def _resolve_activation(activation: Union[str, Callable]) -> tuple[Optional[str], Callable]:
     if callable(activation):
-        return getattr(activation, "__name__", "custom"), activation
+        return None, activation
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"unknown activation {activation!r}; expected one of "
             f"{sorted(ACTIVATIONS)} or a callable"
         )
-    return activation, ACTIVATIONS[activation]
+    return activation, ACTIVATIONS[activation].fn
 
 
 def _uniform_init(num_gates: int, hidden_size: int, init_scale, with_b_h: bool):
@@ -127,7 +140,7 @@ def _uniform_init(num_gates: int, hidden_size: int, init_scale, with_b_h: bool):
     gh = num_gates * hidden_size
 
     def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
-        _check_input_size(input_size)
+        positive_int("input_size", input_size)
         names_shapes = [
             ("W", (input_size, gh)),
             ("W_h", (hidden_size, gh)),
@@ -191,16 +204,15 @@ def elman(
       >>> hs.shape, carry.shape
       ((5, 2, 8), (2, 8))
     """
-    _check_hidden_size(hidden_size)
+    positive_int("hidden_size", hidden_size)
     name, act = _resolve_activation(activation)
 
     def step(params: Params, h: Array, x_proj: Array):
         h = act(x_proj + h @ params["W_h"])
         return h, h
 
-    named = not callable(activation)
     return Cell(
-        kind=f"elman[{name}]",
+        kind="elman",
         hidden_size=hidden_size,
         num_gates=1,
         init=_uniform_init(1, hidden_size, init_scale, with_b_h=False),
@@ -208,7 +220,9 @@ def elman(
         project=_project,
         step=step,
         hidden=_identity_hidden,
-        sequence=_tied(fused.elman_sequence(name) if named else None, step),
+        sequence=backward.elman_sequence(name) if name is not None else None,
+        activation=name,
+        sequence_step=step,
     )
 
 
@@ -261,7 +275,7 @@ def lstm(
       >>> hs.shape, carry.c.shape
       ((4, 2, 6), (2, 6))
     """
-    _check_hidden_size(hidden_size)
+    positive_int("hidden_size", hidden_size)
     H = hidden_size
     base_init = _uniform_init(4, H, init_scale, with_b_h=False)
 
@@ -277,9 +291,9 @@ def lstm(
         return LSTMCarry(zeros(batch_shape, dtype), zeros(batch_shape, dtype))
 
     def step(params: Params, carry: LSTMCarry, x_proj: Array):
-        # sigmoid(i, f, o) and tanh(g) in one pass (fused.lstm_gates), then
+        # sigmoid(i, f, o) and tanh(g) in one pass (gates.lstm_gates), then
         # c = f * c + i * g and h = o * tanh(c).
-        h, c, _ = fused.lstm_update(x_proj + carry.h @ params["W_h"], carry.c, H)
+        h, c, _ = lstm_update(x_proj + carry.h @ params["W_h"], carry.c, H)
         return LSTMCarry(h, c), h
 
     return Cell(
@@ -291,7 +305,8 @@ def lstm(
         project=_project,
         step=step,
         hidden=lambda carry: carry.h,
-        sequence=_tied(fused.lstm_sequence(H), step),
+        sequence=backward.lstm_sequence(H),
+        sequence_step=step,
     )
 
 
@@ -319,11 +334,11 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
       >>> sorted(params)
       ['W', 'W_h', 'b', 'b_h']
     """
-    _check_hidden_size(hidden_size)
+    positive_int("hidden_size", hidden_size)
     H = hidden_size
 
     def step(params: Params, h: Array, x_proj: Array):
-        h, _, _ = fused.gru_update(x_proj, h @ params["W_h"] + params["b_h"], h, H)
+        h, _, _ = gru_update(x_proj, h @ params["W_h"] + params["b_h"], h, H)
         return h, h
 
     return Cell(
@@ -335,7 +350,8 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
         project=_project,
         step=step,
         hidden=_identity_hidden,
-        sequence=_tied(fused.gru_sequence(H), step),
+        sequence=backward.gru_sequence(H),
+        sequence_step=step,
     )
 
 
@@ -351,8 +367,9 @@ def make_cell(
 
     Example:
       >>> import jrnn
-      >>> jrnn.make_cell("elman", 4, activation="relu").kind
-      'elman[relu]'
+      >>> cell = jrnn.make_cell("elman", 4, activation="relu")
+      >>> cell.kind, cell.activation
+      ('elman', 'relu')
     """
     if kind == "linear":
         return linear(hidden_size, init_scale=init_scale)

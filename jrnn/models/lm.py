@@ -14,9 +14,18 @@ training code work for either:
   state, a summary vector of each sequence.
 * ``features(params, tokens, carry=None, *, lengths=None, key=None) ->
   (h: float[B, T, H], (W_out, b_out), carry)``: what ``apply`` computes
-  before its output layer, so that :func:`sequence_loss` can run the output
-  layer and the cross-entropy together without the ``[B, T, V]`` logits
-  (:func:`jrnn.fused.softmax_cross_entropy`).  Optional (``None``).
+  before its output layer, so that :func:`jrnn.sequence_loss` can run the
+  output layer and the cross-entropy together without the ``[B, T, V]``
+  logits (:func:`jrnn.core.backward.softmax_cross_entropy`).  Optional
+  (``None``); ``features_for`` names the ``apply`` it belongs to, so a model
+  whose ``apply`` was replaced is scored through its own logits.
+
+The RNN LM also exposes its parts, so that analysis code reuses them instead
+of rebuilding the forward pass: ``cells`` (one per layer), ``recurrence(params,
+xs: float[T, B, E], carry=None, *, lengths=None, key=None, cells=None) ->
+(hs: float[T, B, H], carry)`` (the stack of recurrent layers on embedded
+inputs; ``cells`` may replace the model's own, e.g. with probed cells) and
+``readout(params) -> (W_out [H, V], b_out [V])``.
 
 Token arrays are batch-major ``[B, T]`` here; the recurrence itself runs
 time-major inside :func:`jrnn.unroll`.
@@ -24,17 +33,17 @@ time-major inside :func:`jrnn.unroll`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+import warnings
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-from jrnn import fused
-from jrnn.cells import CELL_KINDS, make_cell
-from jrnn.unrolling import remat as remat_cell
-from jrnn.unrolling import unroll as unroll_cells
+from jrnn.core.cells import CELL_KINDS, make_cell
+from jrnn.core.cells import remat as remat_cell
+from jrnn.core.select import METHODS
+from jrnn.core.unroll import unroll as unroll_cells
+from jrnn.core.validation import check_rate, check_tokens, positive_int
 
 Array = jax.Array
 
@@ -42,13 +51,8 @@ __all__ = [
     "LMConfig",
     "NNLMConfig",
     "LanguageModel",
-    "LossAux",
     "rnn_lm",
     "nnlm",
-    "sequence_loss",
-    "token_log_probs",
-    "log_prob",
-    "next_token_log_probs",
 ]
 
 
@@ -70,9 +74,10 @@ class LMConfig(NamedTuple):
     tie_embeddings: bool = False
     init_scale: Optional[float] = None
     forget_bias: float = 0.0
-    unroll: Union[int, str] = "auto"
+    method: str = "auto"
     remat: bool = False
     custom_vjp: bool = True
+    scan_unroll: Optional[int] = None
 
 
 class NNLMConfig(NamedTuple):
@@ -99,40 +104,21 @@ class LanguageModel(NamedTuple):
     initial_carry: Callable[..., Any]
     apply: Callable[..., tuple]
     encode: Callable[..., Array]
-    # Optional, see the module doc.  Tied to ``apply`` (``features.apply is
-    # apply``): a model whose apply was replaced is scored through its logits.
+    # Optional, see the module doc.
     features: Optional[Callable[..., tuple]] = None
+    features_for: Optional[Callable[..., tuple]] = None  # the apply that features belongs to
+    cells: tuple = ()
+    recurrence: Optional[Callable[..., tuple]] = None
+    readout: Optional[Callable[[dict], tuple]] = None
 
 
-class LossAux(NamedTuple):
-    """What :func:`sequence_loss` returns next to the scalar loss."""
-
-    losses: Array  # float[B, T]: cross-entropy of each timestep (0 where masked)
-    carry: Any  # the carry after the window, for the next window
-    num_tokens: Array  # number of unmasked timesteps
-
-
-def _check_tokens(tokens, vocab_size: int, name: str = "tokens") -> Array:
-    concrete = not isinstance(tokens, jax.core.Tracer)
-    if concrete:  # checked on a host copy, also when closed over under jit
-        host = np.asarray(tokens)
-    tokens = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
-    if tokens.ndim != 2:
-        raise ValueError(f"{name} must have shape [B, T], got shape {tokens.shape}")
-    if concrete and tokens.size:
-        lo, hi = int(host.min()), int(host.max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(
-                f"{name} must be ids in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]"
-            )
-    return tokens
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _legacy_unroll(unroll, method, scan_unroll):
+    """The first release's ``unroll=`` as ``(method, scan_unroll)``, with a DeprecationWarning."""
+    warnings.warn("rnn_lm(unroll=...) is deprecated: pass method= and scan_unroll=",
+                  DeprecationWarning, stacklevel=3)
+    if unroll in ("auto", "associative", "doubling") and not isinstance(unroll, bool):
+        return unroll, scan_unroll
+    return ("scan" if method == "auto" else method), positive_int("unroll", unroll)
 
 
 def _dropout(key, rate: float, x: Array) -> Array:
@@ -158,9 +144,11 @@ def rnn_lm(
     tie_embeddings: bool = False,
     init_scale: Optional[float] = None,
     forget_bias: float = 0.0,
-    unroll: Union[int, str] = "auto",
+    method: str = "auto",
+    scan_unroll: Optional[int] = None,
     remat: bool = False,
     custom_vjp: bool = True,
+    unroll: Any = None,
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
@@ -168,12 +156,13 @@ def rnn_lm(
     to the embeddings, between layers and to the last layer's outputs, as in
     Zaremba et al. (2014).  The output layer runs on all timesteps at once,
     after the scan.  With ``tie_embeddings`` the output weights are the
-    transposed embedding (needs ``embed_size == hidden_size``).  ``unroll`` is
-    passed to :func:`jrnn.unroll` (``"auto"``: 1 on CPU, 8 on accelerators);
-    ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
+    transposed embedding (needs ``embed_size == hidden_size``).  ``method``
+    and ``scan_unroll`` are passed to :func:`jrnn.unroll` (``"auto"``: the
+    choice of :func:`jrnn.core.select.choose_method`; ``unroll`` is the first
+    release's deprecated form of both); ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
     trading time for memory on long sequences.  ``custom_vjp`` (default) uses
     jrnn's hand-written backward passes for the recurrence and for the
-    softmax output layer (:mod:`jrnn.fused`): the same values and gradients,
+    softmax output layer (:mod:`jrnn.core.backward`): the same values and gradients,
     a faster and smaller train step; ``False`` keeps plain autodiff (needed
     for forward-mode ``jax.jvp`` through the model).
 
@@ -188,35 +177,40 @@ def rnn_lm(
       >>> logits.shape
       (2, 7, 50)
     """
+    if unroll is not None:
+        method, scan_unroll = _legacy_unroll(unroll, method, scan_unroll)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if scan_unroll is not None:
+        scan_unroll = positive_int("scan_unroll", scan_unroll)
     config = LMConfig(
         vocab_size, cell, activation, embed_size, hidden_size, num_layers,
-        float(dropout), bool(tie_embeddings), init_scale, float(forget_bias), unroll, bool(remat),
-        bool(custom_vjp),
+        check_rate("dropout", dropout), bool(tie_embeddings), init_scale, float(forget_bias),
+        method, bool(remat), bool(custom_vjp), scan_unroll,
     )
     for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-        _check_positive(name, getattr(config, name))
+        positive_int(name, getattr(config, name))
     if cell not in CELL_KINDS:
         raise ValueError(f"unknown cell kind {cell!r}; expected one of {list(CELL_KINDS)}")
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if tie_embeddings and embed_size != hidden_size:
         raise ValueError(
             f"tie_embeddings needs embed_size == hidden_size, got {embed_size} and {hidden_size}"
         )
-    cells = [
+    layer_cells = tuple(
         make_cell(cell, hidden_size, activation=activation, forget_bias=forget_bias,
                   init_scale=init_scale)
         for _ in range(num_layers)
-    ]
+    )
     if remat:
-        cells = [remat_cell(c) for c in cells]
+        layer_cells = tuple(remat_cell(c) for c in layer_cells)
     V, E, H = vocab_size, embed_size, hidden_size
 
     def init(key: Array, dtype=jnp.float32) -> dict:
         k_embed, k_out, *k_layers = jax.random.split(key, 2 + num_layers)
         s = 0.1 if init_scale is None else init_scale
         layers = [
-            c.init(k, E if i == 0 else H, dtype) for i, (c, k) in enumerate(zip(cells, k_layers))
+            c.init(k, E if i == 0 else H, dtype)
+            for i, (c, k) in enumerate(zip(layer_cells, k_layers))
         ]
         k_w, k_b = jax.random.split(k_out)
         out = {"b": _uniform(k_b, (V,), s, dtype) if init_scale is not None else jnp.zeros((V,), dtype)}
@@ -225,24 +219,34 @@ def rnn_lm(
         return {"embed": _uniform(k_embed, (V, E), s, dtype), "layers": layers, "out": out}
 
     def initial_carry(batch_size: int, dtype=jnp.float32):
-        return [c.initial_carry((batch_size,), dtype) for c in cells]
+        return [c.initial_carry((batch_size,), dtype) for c in layer_cells]
+
+    def recurrence(params, xs, carry=None, *, lengths=None, key=None, cells=None):
+        """``xs: float[T, B, E]`` embedded inputs -> ``(hs: float[T, B, H], carry)``."""
+        carry, hs = unroll_cells(
+            list(layer_cells if cells is None else cells), params["layers"], xs, carry,
+            lengths=lengths, method=config.method, scan_unroll=config.scan_unroll,
+            dropout=config.dropout, key=key, custom_vjp=config.custom_vjp,
+        )
+        return hs, carry
+
+    def readout(params):
+        """The output layer: ``(W_out [H, V], b_out [V])``."""
+        W_out = params["out"]["W"] if not tie_embeddings else params["embed"].T
+        return W_out, params["out"]["b"]
 
     def _hidden_states(params, tokens, carry, lengths, key):
-        tokens = _check_tokens(tokens, V)
+        tokens = check_tokens(tokens, V)
         k_in, k_mid, k_out = jax.random.split(key, 3) if key is not None else (None,) * 3
         # Gather straight into time-major [T, B, E]: transposing ids is free.
         xs = _dropout(k_in, config.dropout, params["embed"][tokens.T])
-        carry, hs = unroll_cells(
-            cells, params["layers"], xs, carry, lengths=lengths, unroll=unroll,
-            dropout=config.dropout, key=k_mid, custom_vjp=config.custom_vjp,
-        )
+        hs, carry = recurrence(params, xs, carry, lengths=lengths, key=k_mid)
         return _dropout(k_out, config.dropout, hs), carry
 
     def features(params, tokens, carry=None, *, lengths=None, key=None):
         """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out [H, V], b_out [V]), carry)``."""
         hs, carry = _hidden_states(params, tokens, carry, lengths, key)
-        W_out = params["out"]["W"] if not tie_embeddings else params["embed"].T
-        return jnp.swapaxes(hs, 0, 1), (W_out, params["out"]["b"]), carry
+        return jnp.swapaxes(hs, 0, 1), readout(params), carry
 
     def apply(params, tokens, carry=None, *, lengths=None, key=None):
         """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry)``."""
@@ -252,10 +256,11 @@ def rnn_lm(
     def encode(params, tokens, lengths=None):
         """The last layer's hidden state after each sequence's last valid token: ``[B, H]``."""
         _, carry = _hidden_states(params, tokens, None, lengths, None)
-        return cells[-1].hidden(carry[-1])
+        return layer_cells[-1].hidden(carry[-1])
 
-    features.apply = apply
-    return LanguageModel(config, init, initial_carry, apply, encode, features)
+    return LanguageModel(config, init, initial_carry, apply, encode, features,
+                         features_for=apply, cells=layer_cells, recurrence=recurrence,
+                         readout=readout)
 
 
 def nnlm(
@@ -289,12 +294,11 @@ def nnlm(
       ((2, 5, 30), (2, 2))
     """
     config = NNLMConfig(
-        vocab_size, context_size, embed_size, hidden_size, float(dropout), init_scale, bool(custom_vjp)
+        vocab_size, context_size, embed_size, hidden_size, check_rate("dropout", dropout),
+        init_scale, bool(custom_vjp),
     )
     for name in ("vocab_size", "context_size", "embed_size", "hidden_size"):
-        _check_positive(name, getattr(config, name))
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        positive_int(name, getattr(config, name))
     V, E, H, n = vocab_size, embed_size, hidden_size, context_size
 
     def init(key: Array, dtype=jnp.float32) -> dict:
@@ -311,7 +315,7 @@ def nnlm(
         return jnp.full((batch_size, n - 1), -1, jnp.int32)
 
     def _hidden(params, tokens, carry, key):
-        tokens = _check_tokens(tokens, V)
+        tokens = check_tokens(tokens, V)
         B, T = tokens.shape
         if carry is None:
             carry = initial_carry(B)
@@ -343,140 +347,6 @@ def nnlm(
         last = (jnp.full((h.shape[0],), T) if lengths is None else jnp.asarray(lengths)) - 1
         return jnp.take_along_axis(h, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
 
-    features.apply = apply
-    return LanguageModel(config, init, initial_carry, apply, encode, features)
+    return LanguageModel(config, init, initial_carry, apply, encode, features, features_for=apply)
 
 
-def sequence_loss(
-    model: LanguageModel,
-    params,
-    inputs: Array,
-    targets: Array,
-    carry=None,
-    *,
-    mask: Optional[Array] = None,
-    batch_mean: bool = False,
-    key: Optional[Array] = None,
-):
-    """Cross-entropy at every timestep, summed over time into one scalar.
-
-    As in the lecture, the network makes one output and so one loss per
-    timestep, and the losses are added up; ``jax.grad`` of this scalar is
-    backpropagation through time.  With ``model.config.custom_vjp`` (the
-    default) the output layer and the cross-entropy run chunk by chunk
-    through :func:`jrnn.fused.softmax_cross_entropy`: the same loss and
-    gradient without the ``[B, T, V]`` logits.
-
-    Args:
-      model: a :class:`LanguageModel`.
-      params: its parameters.
-      inputs, targets: ``int[B, T]``; ``targets[:, t]`` is the token after ``inputs[:, t]``.
-      carry: carry from the previous window (``None``: start of text).
-      mask: optional ``bool/float[B, T]``; masked (0) steps add nothing.
-      batch_mean: divide by B (Zaremba et al.: summed over time, averaged
-        over the batch); otherwise the sum over batch and time.
-      key: PRNG key for dropout (training only).
-
-    Returns:
-      ``(loss, LossAux(losses: float[B, T], carry, num_tokens))``.
-    """
-    V = model.config.vocab_size
-    inputs = _check_tokens(inputs, V, "inputs")
-    targets = _check_tokens(targets, V, "targets")
-    if inputs.shape != targets.shape:
-        raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have one shape")
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.shape != inputs.shape:
-            raise ValueError(f"mask must have shape {inputs.shape}, got {mask.shape}")
-        mask = mask.astype(bool)
-        num_tokens = jnp.sum(mask.astype(jnp.int32))
-    else:
-        num_tokens = jnp.asarray(inputs.size, jnp.int32)
-    scale = 1.0 / inputs.shape[0] if batch_mean else 1.0
-    features = model.features
-    use_fused = (
-        getattr(model.config, "custom_vjp", False)
-        and features is not None
-        and getattr(features, "apply", None) is model.apply
-    )
-    if use_fused:
-        # Output layer + cross-entropy chunk by chunk, never the [B, T, V] logits.
-        h, (W_out, b_out), carry = features(params, inputs, carry, key=key)
-        B, T, H = h.shape
-        weights = jnp.full((B, T), scale, h.dtype)
-        if mask is not None:
-            weights = jnp.where(mask, weights, 0.0)
-        loss, losses = fused.softmax_cross_entropy(
-            h.reshape(B * T, H), W_out, b_out, targets.reshape(-1), weights.reshape(-1)
-        )
-        losses = losses.reshape(B, T)
-        if mask is not None:
-            losses = jnp.where(mask, losses, 0.0)
-        return loss, LossAux(losses, carry, num_tokens)
-    logits, carry = model.apply(params, inputs, carry, key=key)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    if mask is not None:
-        losses = jnp.where(mask, losses, 0.0)
-    loss = jnp.sum(losses)
-    if batch_mean:
-        loss = loss / inputs.shape[0]
-    return loss, LossAux(losses, carry, num_tokens)
-
-
-def _length_mask(lengths, B: int, T: int) -> Array:
-    if lengths is None:
-        return jnp.ones((B, T), bool)
-    concrete = not isinstance(lengths, jax.core.Tracer)
-    host = np.asarray(lengths) if concrete else None
-    lengths = jnp.asarray(lengths)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape [B]=({B},), got {lengths.shape}")
-    if concrete and B:
-        lo, hi = int(host.min()), int(host.max())
-        if lo < 1 or hi > T:
-            raise ValueError(f"lengths must lie in [1, T={T}], got values in [{lo}, {hi}]")
-    return jnp.arange(T)[None, :] < lengths[:, None]
-
-
-def token_log_probs(model: LanguageModel, params, tokens: Array, lengths=None) -> Array:
-    """``log p(tokens[:, t] | tokens[:, :t])`` for ``t >= 1``: ``float[B, T-1]``.
-
-    ``tokens[:, 0]`` is the start symbol (``<eos>`` in the Penn Treebank
-    convention) and is not scored; steps at or past ``lengths`` are 0.
-    """
-    tokens = _check_tokens(tokens, model.config.vocab_size)
-    B, T = tokens.shape
-    if T < 2:
-        raise ValueError("tokens need a start symbol plus at least one token to score (T >= 2)")
-    valid = _length_mask(lengths, B, T)[:, 1:]
-    logits, _ = model.apply(params, tokens[:, :-1])
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.where(valid, lp, 0.0)
-
-
-def log_prob(model: LanguageModel, params, tokens: Array, lengths=None) -> Array:
-    """Log-probability of each whole sequence after its start symbol: ``float[B]``.
-
-    Example -- the lecture's question, in two lines (ids from a vocabulary)::
-
-        lp = jrnn.log_prob(model, params, vocab.encode_batch(
-            ["john is driving a car", "john is driving a cat"]))
-        print("car" if lp[0] > lp[1] else "cat")
-    """
-    return jnp.sum(token_log_probs(model, params, tokens, lengths), axis=1)
-
-
-def next_token_log_probs(model: LanguageModel, params, context: Array, lengths=None) -> Array:
-    """Log-distribution of the word after each context: ``float[B, V]``.
-
-    ``context: int[B, T]`` (start symbol first); with ``lengths`` the word
-    after ``context[b, :lengths[b]]``.
-    """
-    context = _check_tokens(context, model.config.vocab_size, "context")
-    B, T = context.shape
-    _length_mask(lengths, B, T)  # validates
-    last = (jnp.full((B,), T) if lengths is None else jnp.asarray(lengths)) - 1
-    logits, _ = model.apply(params, context)
-    logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
-    return jax.nn.log_softmax(logits)

@@ -15,6 +15,20 @@ import sys
 import time
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jrnn
+from jrnn import data as D
+from jrnn.analysis import diagnostics as dg
+from jrnn.analysis import plots, tasks
+from jrnn.analysis.tasks import longest_solved
+from jrnn.cli.commands import load_corpus, load_for_use
+from jrnn.data import DataError
+from jrnn.training.checkpoint import CheckpointError
+
 __all__ = ["diagnose_main", "tasks_main", "format_sweep_table", "DEFAULT_LENGTHS"]
 
 CELLS = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
@@ -120,12 +134,7 @@ def _fmt(x: float) -> str:
 
 
 def _diagnose_cells(args, names, out_dir) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from jrnn import diagnostics as dg
-    from jrnn import plots
 
     T, B, D, H = args.length, args.batch_size, args.input_size, args.hidden_size
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
@@ -192,14 +201,7 @@ def _diagnose_cells(args, names, out_dir) -> dict:
 
 def _training_demo(args, out_dir) -> dict:
     """A tanh RNN LM with large recurrent weights, trained with and without clipping."""
-    import jax
-    import numpy as np
-    import optax
 
-    import jrnn
-    from jrnn import data as D
-    from jrnn import diagnostics as dg
-    from jrnn import plots
 
     corpus = D.builtin_corpus(2000, seed=args.seed)
     V = len(corpus.vocab)
@@ -228,17 +230,12 @@ def _training_demo(args, out_dir) -> dict:
 
 
 def _diagnose_checkpoint(args, out_dir) -> dict:
-    import jax.numpy as jnp
-    import numpy as np
 
-    from jrnn import diagnostics as dg
-    from jrnn import plots
-    from jrnn.cli import _load_corpus, _load_for_use
 
-    model, params, vocab, meta = _load_for_use(args.checkpoint)
+    model, params, vocab, meta = load_for_use(args.checkpoint)
     if not hasattr(model.config, "num_layers"):
         raise UserError(f"{args.checkpoint}: diagnose needs an RNN LM, not an NNLM")
-    corpus = _load_corpus(meta.get("data"), meta.get("level"), meta.get("max_vocab"),
+    corpus = load_corpus(meta.get("data"), meta.get("level"), meta.get("max_vocab"),
                           meta.get("min_freq", 1))
     ids = np.asarray(corpus.valid)
     T = args.length
@@ -285,14 +282,11 @@ def _diagnose(argv) -> int:
         raise UserError(f"--decay-samples must be at least 8, got {args.decay_samples}")
     names = _cells(args.cells)
     if args.checkpoint is None and args.dtype == "float64":
-        import jax
 
         jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     if args.checkpoint is not None:
-        from jrnn.checkpoint import CheckpointError
-        from jrnn.data import DataError
 
         try:
             result = _diagnose_checkpoint(args, args.out)
@@ -321,7 +315,6 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def format_sweep_table(results, lengths: Sequence[int], cells: Sequence[str]) -> str:
     """One row per cell: the held-out metric at each length (``*`` = solved), and the longest solved."""
-    from jrnn.tasks import longest_solved
 
     best = longest_solved(results)
     head = f"{'cell':>8} | " + " ".join(f"{l:>7}" for l in lengths) + " | longest solved"
@@ -382,7 +375,6 @@ def _tasks(argv) -> int:
         raise UserError("--seeds is empty")
     task_names = ["adding", "copy", "agreement"] if args.task == "all" else [args.task]
 
-    from jrnn import plots, tasks
 
     os.makedirs(args.out, exist_ok=True)
     everything, written = {}, []

@@ -1,18 +1,17 @@
 """Process-level settings that decide how fast a jitted step runs on a CPU.
 
-XLA:CPU allocates a compiled step's scratch buffers (26 MB for a
-Zaremba-small train step, more with plain autodiff) from the C allocator at
-every call and frees them after it.  glibc hands blocks that large back to
-the operating system (``munmap`` / heap trimming), so the next call takes a
-page fault for every 4 KiB it touches again: about 11,000 faults and 10 ms
-of a 52 ms step on the 2-core development machine (benchmarks/RESULTS.md).
+XLA:CPU allocates a compiled step's scratch buffers (tens of MB for a
+Zaremba-small train step) from the C allocator at every call and frees them
+after it.  glibc hands blocks that large back to the operating system
+(``munmap`` / heap trimming), so the next call takes a page fault for every
+4 KiB it touches again (the cost is measured in benchmarks/RESULTS.md).
 
 :func:`keep_host_memory` tells glibc to keep freed memory in the process for
 reuse, as PyTorch's and JAX's own GPU allocators do with device memory.  It
 changes the whole process (every library's allocations, not only jrnn's) and
 lasts until the process exits, so jrnn never does it on import: the ``jrnn``
 command line calls it when it trains or evaluates on a CPU, and library users
-call it themselves.
+call it themselves (``from jrnn.training.runtime import keep_host_memory``).
 """
 
 from __future__ import annotations
@@ -56,12 +55,8 @@ def keep_host_memory() -> bool:
 
     Returns ``True`` when the settings took effect, ``False`` where they do
     not apply (not Linux, or a C library other than glibc): then nothing is
-    changed.  Calling it again is harmless.
-
-    Example:
-      >>> import jrnn
-      >>> jrnn.keep_host_memory() in (True, False)
-      True
+    changed.  Calling it again is harmless.  (No doctest: it would change the
+    allocator of the whole test process.)
     """
     global _applied
     if _applied:

@@ -1,7 +1,7 @@
 r"""The vanilla RNN's problems, measured: gradient flow, Jacobian products, decay, overflow.
 
-Every function here is pure JAX over a :class:`~jrnn.cells.Cell` and its
-params (or over a trained :func:`~jrnn.lm.rnn_lm`), so it works for any cell
+Every function here is pure JAX over a :class:`~jrnn.core.cells.Cell` and its
+params (or over a trained :func:`jrnn.rnn_lm`), so it works for any cell
 and can be ``jax.jit``-ed with the cell (and any callable) held static.
 Time is indexed ``t = 0 .. T-1``; a *distance* or *lag* ``k`` counts steps
 back from the last one.
@@ -38,8 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrnn.cells import Cell, LSTMCarry, make_cell
-from jrnn.unrolling import unroll
+from jrnn.core.cells import Cell, make_cell
+from jrnn.core.gates import ACTIVATIONS, LSTMCarry
+from jrnn.core.unroll import unroll
+from jrnn.core.validation import check_sequence, check_tokens, positive_int
+from jrnn.models.losses import sequence_loss
 
 Array = jax.Array
 
@@ -69,7 +72,7 @@ __all__ = [
 CELL_NAMES = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
 
 # The largest value of each activation's derivative: the per-step factor of the bound.
-MAX_DERIVATIVE = {"identity": 1.0, "tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
+MAX_DERIVATIVE = {name: a.max_derivative for name, a in ACTIVATIONS.items()}
 
 _EPS = "__jrnn_probe_eps__"  # params key through which grad_flow injects its probes
 
@@ -79,8 +82,8 @@ def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
 
     Example:
       >>> from jrnn import diagnostics
-      >>> [diagnostics.cell_by_name(n, 4).kind for n in ("tanh", "linear", "lstm")]
-      ['elman[tanh]', 'linear', 'lstm']
+      >>> [(c.kind, c.activation) for c in map(lambda n: diagnostics.cell_by_name(n, 4), ("tanh", "lstm"))]
+      [('elman', 'tanh'), ('lstm', None)]
     """
     if name in ("tanh", "sigmoid", "relu"):
         return make_cell("elman", hidden_size, activation=name, **kwargs)
@@ -97,17 +100,11 @@ def _check_cell(cell) -> None:
 
 
 def _check_xs(xs, params) -> Array:
-    xs = jnp.asarray(xs)
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
-    if xs.ndim != 3:
-        raise ValueError(f"xs must have shape [T, B, D], got shape {xs.shape}")
-    if xs.shape[0] < 1 or xs.shape[1] < 1:
-        raise ValueError(f"xs needs at least one timestep and one sequence, got shape {xs.shape}")
     if not isinstance(params, dict) or "W" not in params:
         raise TypeError("params must be a cell's params dict (with 'W', 'W_h', 'b')")
-    if xs.shape[2] != params["W"].shape[0]:
-        raise ValueError(f"xs has feature size {xs.shape[2]} but W expects {params['W'].shape[0]}")
+    xs = check_sequence(xs, params["W"].shape[0], what="W")
+    if xs.shape[0] < 1 or xs.shape[1] < 1:
+        raise ValueError(f"xs needs at least one timestep and one sequence, got shape {xs.shape}")
     return xs
 
 
@@ -160,7 +157,9 @@ def _probed(cell: Cell) -> Cell:
         carry = _add_to_hidden(carry, x[..., split:])
         return carry, cell.hidden(carry)
 
-    return cell._replace(kind=cell.kind + "+probe", project=project, step=step)
+    # A new step: the cell's hand-written backward pass (tied to its own step)
+    # no longer applies, and unroll differentiates this step with autodiff.
+    return cell._replace(project=project, step=step)
 
 
 def _default_readout(hs: Array) -> Array:
@@ -180,7 +179,7 @@ def grad_flow(
     """Gradient norms through time, by ``jax.grad`` through the unroll's scan.
 
     Args:
-      cell: any :class:`~jrnn.cells.Cell`.
+      cell: any :class:`~jrnn.core.cells.Cell`.
       params: its params.
       xs: ``float[T, B, D]`` inputs.
       readout: ``hs: float[T, B, H] -> losses: float[T, B]``, one loss per step;
@@ -227,49 +226,39 @@ def grad_flow(
     return jax.jit(flows)(params, xs, carry)
 
 
-def _lm_cells(model) -> list:
-    cfg = model.config
-    if not all(hasattr(cfg, a) for a in ("cell", "num_layers", "hidden_size")):
+def _lm_cells(model) -> tuple:
+    if not model.cells or model.recurrence is None or model.readout is None:
         raise TypeError("this diagnostic needs an RNN language model (jrnn.rnn_lm), not "
-                        f"{type(cfg).__name__}")
-    return [make_cell(cfg.cell, cfg.hidden_size, activation=cfg.activation,
-                      forget_bias=cfg.forget_bias, init_scale=cfg.init_scale)
-            for _ in range(cfg.num_layers)]
+                        f"{type(model.config).__name__}")
+    return model.cells
 
 
 def _lm_forward(model, params, tokens: Array, eps=None, xs=None):
-    """The RNN LM's forward pass, with optional probes ``eps[l]: [T, B, H]`` per layer.
+    """The RNN LM's forward pass through its own parts, with optional probes ``eps[l]: [T, B, H]``.
 
-    Same params, same cells, same unroll as ``model.apply`` (no dropout): the
-    tests check that the logits agree exactly.  Returns ``(logits [B, T, V],
-    hs [T, B, H] of the last layer, xs [T, B, E])``.
+    ``model.recurrence`` and ``model.readout`` are the pieces ``model.apply``
+    runs (no dropout here), with the layers' cells swapped for probed ones when
+    ``eps`` is given.  Returns ``(logits [B, T, V], hs [T, B, H] of the last
+    layer, xs [T, B, E])``.
     """
     cells = _lm_cells(model)
     if xs is None:
         xs = params["embed"][jnp.asarray(tokens).T]
-    layers = params["layers"]
     if eps is not None:
         cells = [_probed(c) for c in cells]
-        layers = [{**p, _EPS: e} for p, e in zip(layers, eps)]
-    _, hs = unroll(cells, layers, xs, unroll=model.config.unroll)
-    W_out = params["out"]["W"] if "W" in params["out"] else params["embed"].T
-    logits = jnp.swapaxes(hs, 0, 1) @ W_out + params["out"]["b"]
+        params = {**params, "layers": [{**p, _EPS: e} for p, e in zip(params["layers"], eps)]}
+    hs, _ = model.recurrence(params, xs, cells=cells)
+    W_out, b_out = model.readout(params)
+    logits = jnp.swapaxes(hs, 0, 1) @ W_out + b_out
     return logits, hs, xs
 
 
 def _check_lm_tokens(model, inputs, targets):
     V = model.config.vocab_size
-    out = []
-    for name, a in (("inputs", inputs), ("targets", targets)):
-        a = jnp.asarray(a)
-        if not jnp.issubdtype(a.dtype, jnp.integer) or a.ndim != 2:
-            raise ValueError(f"{name} must be int[B, T] token ids, got {a.dtype}{list(a.shape)}")
-        if not isinstance(a, jax.core.Tracer) and a.size and (int(a.min()) < 0 or int(a.max()) >= V):
-            raise ValueError(f"{name} must be ids in [0, {V})")
-        out.append(a)
-    if out[0].shape != out[1].shape:
-        raise ValueError(f"inputs {out[0].shape} and targets {out[1].shape} must have one shape")
-    return out
+    inputs, targets = check_tokens(inputs, V, "inputs"), check_tokens(targets, V, "targets")
+    if inputs.shape != targets.shape:
+        raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have one shape")
+    return inputs, targets
 
 
 def lm_grad_flow(model, params, inputs: Array, targets: Array) -> GradFlow:
@@ -383,8 +372,7 @@ def jacobian_norms(
     xs = _check_xs(xs, params)
     if method not in ("exact", "estimate"):
         raise ValueError(f"method must be 'exact' or 'estimate', got {method!r}")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
+    positive_int("num_probes", num_probes)
     T, B, _ = xs.shape
     if carry is None:
         carry = cell.initial_carry((B,), xs.dtype)
@@ -445,8 +433,8 @@ def elman_jacobian_bound(cell: Cell, params: dict, distances: Array) -> Array:
     linear cell); the product of ``k`` steps is bounded by the ``k``-th power.
 
     Args:
-      cell: a linear or Elman cell (``kind`` ``"linear"`` or ``"elman[<act>]"``
-        with an activation in :data:`MAX_DERIVATIVE`).
+      cell: a linear or Elman cell whose ``activation`` is one of
+        :data:`MAX_DERIVATIVE` (also wrapped, e.g. :func:`jrnn.remat`).
       params: its params.
       distances: ``int[K]``.
 
@@ -462,14 +450,11 @@ def elman_jacobian_bound(cell: Cell, params: dict, distances: Array) -> Array:
       [1.0, 0.5, 0.25]
     """
     _check_cell(cell)
-    if cell.kind == "linear":
-        act = "identity"
-    elif cell.kind.startswith("elman[") and cell.kind[6:-1] in MAX_DERIVATIVE:
-        act = cell.kind[6:-1]
-    else:
+    act = cell.activation
+    if cell.kind not in ("linear", "elman") or act not in MAX_DERIVATIVE:
         raise ValueError(
             f"the activation bound applies to linear and Elman cells with one of "
-            f"{sorted(MAX_DERIVATIVE)}, not {cell.kind!r}"
+            f"{sorted(MAX_DERIVATIVE)}, not a {cell.kind!r} cell with activation {act!r}"
         )
     w_norm = jnp.linalg.norm(params["W_h"], ord=2)
     return (MAX_DERIVATIVE[act] * w_norm) ** jnp.asarray(distances, w_norm.dtype)
@@ -619,8 +604,7 @@ def information_decay(
       :class:`DecayCurve`.
     """
     _check_cell(cell)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    positive_int("seq_len", seq_len)
     if num_samples < 4:
         raise ValueError(f"num_samples must be at least 4, got {num_samples}")
     lags = _check_lags(np.arange(seq_len) if lags is None else lags, seq_len)
@@ -781,9 +765,8 @@ def watch_training(
     @jax.jit
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        leaves = jax.tree_util.tree_leaves(grads)
-        leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves])
-        gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+        leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        gnorm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, gnorm, leaf_ok
 
@@ -808,8 +791,6 @@ def watch_training(
 
 def lm_loss_fn(model) -> Callable:
     """``(params, (inputs, targets)) -> loss`` for :func:`watch_training`: mean per-token cross-entropy."""
-    from jrnn.lm import sequence_loss
-
     def loss_fn(params, batch):
         inputs, targets = batch
         loss, aux = sequence_loss(model, params, inputs, targets)

@@ -1,12 +1,7 @@
-"""The ``jrnn`` command line: train, eval, score, next, generate.
-
-The only module that parses arguments or prints.  Errors in the user's input
-(data, checkpoints, options) end with one line on stderr and exit code 2.
-"""
+"""The commands of ``jrnn``: train, eval, score, next, generate (loaded after parsing)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -15,145 +10,19 @@ import sys
 import time
 from typing import Optional, Sequence
 
-PRESETS = {
-    # Zaremba, Sutskever & Vinyals (2014), "Recurrent Neural Network Regularization",
-    # as in their released code: uniform init, SGD lr 1 then decay, loss summed over
-    # time and averaged over the batch, batch 20, 35 BPTT steps.
-    "zaremba-small": dict(cell="lstm", layers=2, embed_size=200, hidden_size=200, dropout=0.0,
-                          init_scale=0.1, optimizer="sgd", lr=1.0, lr_decay=0.5, decay_start=4,
-                          clip=5.0, epochs=13, batch_size=20, bptt=35),
-    "zaremba-medium": dict(cell="lstm", layers=2, embed_size=650, hidden_size=650, dropout=0.5,
-                           init_scale=0.05, optimizer="sgd", lr=1.0, lr_decay=0.8, decay_start=6,
-                           clip=5.0, epochs=39, batch_size=20, bptt=35),
-    "zaremba-large": dict(cell="lstm", layers=2, embed_size=1500, hidden_size=1500, dropout=0.65,
-                          init_scale=0.04, optimizer="sgd", lr=1.0, lr_decay=1 / 1.15,
-                          decay_start=14, clip=10.0, epochs=55, batch_size=20, bptt=35),
-    # A vanilla tanh RNN LM in the spirit of Mikolov's RNNLM, for the comparison.
-    # Dropout on the non-recurrent connections (Zaremba-style) and tied embeddings.
-    "elman-ptb": dict(cell="elman", activation="tanh", layers=1, embed_size=300, hidden_size=300,
-                      tie=True, dropout=0.3, init_scale=0.05, optimizer="adam", lr=2e-3,
-                      lr_decay=0.5, decay_start=4, clip=5.0, epochs=8, batch_size=20, bptt=35),
-    # The fixed-window feed-forward NNLM baseline (context of 4 words = a 5-gram model).
-    "nnlm-ptb": dict(cell="nnlm", context_size=4, layers=1, embed_size=100, hidden_size=300,
-                     dropout=0.3, init_scale=0.05, optimizer="adam", lr=1e-3, lr_decay=0.5,
-                     decay_start=3, clip=5.0, epochs=5, batch_size=20, bptt=35),
-}
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-# What `jrnn train` does with no options: the built-in corpus, a small LSTM.
-DEFAULTS = dict(cell="lstm", activation="tanh", layers=1, embed_size=64, hidden_size=64,
-                dropout=0.0, tie=False, init_scale=None, forget_bias=0.0, context_size=4,
-                optimizer="adam", lr=0.01, lr_decay=1.0, decay_start=1, clip=5.0, epochs=3,
-                batch_size=32, bptt=20, seed=0, unroll="auto", remat=False)
-
-
-class UserError(Exception):
-    """Bad input from the user: one line, exit code 2."""
-
-
-def _fail(msg: str) -> None:
-    raise UserError(msg)
-
-
-# ---- argument parsing -------------------------------------------------------
-
-def _unroll_arg(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jrnn", description="Train, evaluate and use RNN language models.",
-        epilog="Also: `jrnn diagnose --help` (gradient flow, information decay) and "
-               "`jrnn tasks --help` (adding, copy-memory and agreement task sweeps).")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a language model")
-    t.add_argument("--data", default=os.environ.get("JRNN_DATA"),
-                   help="PTB-style directory (*.train/valid/test.txt), one text file, or a corpus "
-                        "to download (ptb, wikitext-2, tiny-shakespeare); "
-                        "default $JRNN_DATA, else the built-in corpus")
-    t.add_argument("--level", choices=["word", "char"], default=None,
-                   help="word (default for directories) or char (default for single files)")
-    t.add_argument("--max-vocab", type=int, default=None)
-    t.add_argument("--min-freq", type=int, default=1)
-    t.add_argument("--preset", choices=sorted(PRESETS))
-    t.add_argument("--cell", choices=["linear", "elman", "lstm", "gru", "nnlm"])
-    t.add_argument("--activation", choices=["tanh", "sigmoid", "relu", "identity"])
-    t.add_argument("--layers", type=int)
-    t.add_argument("--embed-size", type=int)
-    t.add_argument("--hidden-size", type=int)
-    t.add_argument("--context-size", type=int, help="NNLM only: words of context")
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--tie", action="store_true", default=None, help="tie input and output embeddings")
-    t.add_argument("--init-scale", type=float)
-    t.add_argument("--forget-bias", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    t.add_argument("--lr", type=float)
-    t.add_argument("--lr-decay", type=float, help="multiply the lr by this each epoch after --decay-start")
-    t.add_argument("--decay-start", type=int, help="epochs at the initial lr")
-    t.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--bptt", type=int, help="BPTT window length T")
-    t.add_argument("--unroll", type=_unroll_arg,
-                   help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
-    t.add_argument("--remat", action="store_true", default=None,
-                   help="recompute each step in the backward pass (less memory, long sequences)")
-    t.add_argument("--data-parallel", action="store_true",
-                   help="shard the batch over all local devices (parameters replicated)")
-    t.add_argument("--coordinator", help="multi-host: address:port of process 0 "
-                                         "(with --num-processes and --process-id)")
-    t.add_argument("--num-processes", type=int)
-    t.add_argument("--process-id", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--out", default="runs/latest", help="checkpoint directory (default runs/latest)")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    t.add_argument("--max-windows", type=int, default=None,
-                   help="stop each epoch after this many windows (quick trials)")
-    t.add_argument("--save-every", type=float, default=300.0,
-                   help="seconds between mid-epoch checkpoints (for --resume)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--release-host-memory", action="store_true",
-                   help="on a CPU, let the C allocator return freed memory to the OS "
-                        "(slower steps; by default jrnn.keep_host_memory() is applied)")
-    t.add_argument("--fused-epoch", action="store_true",
-                   help="run each epoch as one jitted lax.scan over all windows, data on the "
-                        "device (fastest on GPU; progress every 100 windows, Ctrl-C acts at "
-                        "the end of the epoch)")
-
-    e = sub.add_parser("eval", help="perplexity of a checkpoint")
-    e.add_argument("--checkpoint", default="runs/latest")
-    e.add_argument("--split", choices=["train", "valid", "test"], default="test")
-    e.add_argument("--file", help="a text file to evaluate instead of a split")
-    e.add_argument("--data", help="the corpus (default: the one the checkpoint was trained on)")
-    e.add_argument("--batch-size", type=int, default=10)
-    e.add_argument("--bptt", type=int, default=35)
-
-    s = sub.add_parser("score", help="log-probability of sentences, best first")
-    s.add_argument("sentences", nargs="+")
-    s.add_argument("--checkpoint", default="runs/latest")
-
-    n = sub.add_parser("next", help="the next-word distribution after a context")
-    n.add_argument("context")
-    n.add_argument("--top", type=int, default=10)
-    n.add_argument("--checkpoint", default="runs/latest")
-
-    g = sub.add_parser("generate", help="sample text")
-    g.add_argument("--words", type=int, default=100, help="tokens to sample")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prompt", default="")
-    g.add_argument("--checkpoint", default="runs/latest")
-    return p
-
+import jrnn
+from jrnn import data as D
+from jrnn.cli.options import DEFAULTS, PRESETS, UserError, _fail
+from jrnn.data import DataError, Vocabulary, batchify
+from jrnn.training import checkpoint as ckpt
+from jrnn.training import distributed
+from jrnn.training import loop as trainer
+from jrnn.training.checkpoint import CheckpointError
+from jrnn.training.runtime import keep_host_memory
 
 # ---- building models from settings ------------------------------------------
 
@@ -179,8 +48,8 @@ def _settings(args) -> dict:
 
 
 def build_model(cfg: dict, vocab_size: int):
-    import jrnn
 
+    unroll = cfg.get("unroll", "auto")  # the checkpoint's key: "auto" or a scan unroll factor
     if cfg["cell"] == "nnlm":
         return jrnn.nnlm(vocab_size, context_size=cfg["context_size"], embed_size=cfg["embed_size"],
                          hidden_size=cfg["hidden_size"], dropout=cfg["dropout"],
@@ -189,11 +58,12 @@ def build_model(cfg: dict, vocab_size: int):
                        embed_size=cfg["embed_size"], hidden_size=cfg["hidden_size"],
                        num_layers=cfg["layers"], dropout=cfg["dropout"], tie_embeddings=cfg["tie"],
                        init_scale=cfg["init_scale"], forget_bias=cfg["forget_bias"],
-                       unroll=cfg.get("unroll", "auto"), remat=cfg.get("remat", False))
+                       method="auto" if unroll == "auto" else "scan",
+                       scan_unroll=None if unroll == "auto" else unroll,
+                       remat=cfg.get("remat", False))
 
 
-def _load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
-    from jrnn import data as D
+def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
 
     if data is None:
         return D.builtin_corpus()
@@ -254,18 +124,11 @@ class _Progress:
 # ---- commands -----------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    import jax
-    import numpy as np
 
-    import jrnn
-    from jrnn import checkpoint as ckpt
-    from jrnn import trainer
-    from jrnn.data import batchify
 
     if not args.release_host_memory and jax.default_backend() == "cpu":
-        jrnn.keep_host_memory()  # ~20 % faster steps on a CPU (jrnn/runtime.py)
+        keep_host_memory()  # faster steps on a CPU (jrnn/training/runtime.py)
     if args.coordinator or args.num_processes:
-        from jrnn import distributed
 
         distributed.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
     out = args.out
@@ -281,7 +144,7 @@ def cmd_train(args) -> int:
     else:
         cfg = _settings(args)
         data, level, max_vocab, min_freq = args.data, args.level, args.max_vocab, args.min_freq
-    corpus = _load_corpus(data, level, max_vocab, min_freq)
+    corpus = load_corpus(data, level, max_vocab, min_freq)
     vocab = corpus.vocab
     streams = batchify(corpus.train, cfg["batch_size"])
     if streams.shape[1] < 2:
@@ -312,7 +175,6 @@ def cmd_train(args) -> int:
           f"| batch {cfg['batch_size']} bptt {cfg['bptt']} | {jax.default_backend()}", file=sys.stderr)
 
     if args.data_parallel:
-        from jrnn import distributed
 
         if args.fused_epoch:
             _fail("--fused-epoch and --data-parallel cannot be combined yet; drop one")
@@ -426,14 +288,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_for_use(path: str):
+def load_for_use(path: str):
     """Model, params, vocabulary and metadata from a checkpoint."""
-    import jax
 
-    import jrnn
-    from jrnn import checkpoint as ckpt
-    from jrnn import trainer
-    from jrnn.data import Vocabulary
 
     meta, raw = ckpt.load_raw(path)
     try:
@@ -450,16 +307,12 @@ def _load_for_use(path: str):
 
 
 def cmd_eval(args) -> int:
-    import jax
 
-    import jrnn
-    from jrnn import data as D
-    from jrnn import trainer
 
     if jax.default_backend() == "cpu":
-        jrnn.keep_host_memory()
+        keep_host_memory()
 
-    model, params, vocab, meta = _load_for_use(args.checkpoint)
+    model, params, vocab, meta = load_for_use(args.checkpoint)
     if args.file:
         text = D.read_text(args.file)
         lines = [text] if vocab.level == "char" else [l for l in text.splitlines() if l.strip()]
@@ -467,7 +320,7 @@ def cmd_eval(args) -> int:
         name = args.file
     else:
         data = args.data if args.data is not None else meta.get("data")
-        corpus = _load_corpus(data, meta.get("level"), meta.get("max_vocab"), meta.get("min_freq", 1))
+        corpus = load_corpus(data, meta.get("level"), meta.get("max_vocab"), meta.get("min_freq", 1))
         if corpus.vocab != vocab:
             _fail(f"{args.checkpoint}: trained with another vocabulary than {data or 'the built-in corpus'} gives")
         ids = getattr(corpus, args.split)
@@ -486,11 +339,9 @@ def _warn_unknown(vocab, texts: Sequence[str]) -> None:
 
 
 def cmd_score(args) -> int:
-    import numpy as np
 
-    import jrnn
 
-    model, params, vocab, _ = _load_for_use(args.checkpoint)
+    model, params, vocab, _ = load_for_use(args.checkpoint)
     if vocab.level != "word":
         _fail("score needs a word-level checkpoint")
     sentences = [s for s in args.sentences]
@@ -514,11 +365,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_next(args) -> int:
-    import numpy as np
 
-    import jrnn
 
-    model, params, vocab, _ = _load_for_use(args.checkpoint)
+    model, params, vocab, _ = load_for_use(args.checkpoint)
     if args.top <= 0:
         _fail(f"--top must be positive, got {args.top}")
     _warn_unknown(vocab, [args.context])
@@ -532,11 +381,8 @@ def cmd_next(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    model, params, vocab, _ = _load_for_use(args.checkpoint)
+    model, params, vocab, _ = load_for_use(args.checkpoint)
     if args.temperature <= 0:
         _fail(f"--temperature must be positive, got {args.temperature}")
     if args.words <= 0:
@@ -567,31 +413,8 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# The errors that end a command with one line and exit code 2.
+USER_ERRORS = (UserError, DataError, CheckpointError)
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "next": cmd_next,
             "generate": cmd_generate}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("diagnose", "tasks"):
-        # Gradient-flow / decay plots and long-range task sweeps (jrnn.cli_tools).
-        from jrnn import cli_tools
-
-        tool = cli_tools.diagnose_main if argv[0] == "diagnose" else cli_tools.tasks_main
-        return tool(argv[1:])
-    args = _parser().parse_args(argv)
-    from jrnn.checkpoint import CheckpointError
-    from jrnn.data import DataError
-
-    try:
-        return COMMANDS[args.command](args)
-    except (UserError, DataError, CheckpointError) as e:
-        print(f"jrnn: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("jrnn: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

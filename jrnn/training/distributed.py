@@ -45,8 +45,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jrnn.lm import LanguageModel
-from jrnn.train import make_train_step
+from jrnn.models.lm import LanguageModel
+from jrnn.training.step import make_train_step
 
 __all__ = [
     "DATA_AXIS",

@@ -1,4 +1,8 @@
-"""Figures for the diagnostics and the task sweeps (matplotlib, Agg backend).
+"""Figures for the diagnostics and the task sweeps (matplotlib, drawn off-screen).
+
+Figures are made with ``matplotlib.figure.Figure`` and its Agg canvas, never
+through ``pyplot``, so drawing one neither switches a notebook's backend nor
+leaves a figure open in pyplot's registry.
 
 matplotlib is imported inside each function, so ``import jrnn`` never needs
 it (install it with ``pip install jrnn[plot]``).  Every function takes plain
@@ -20,15 +24,17 @@ _COLORS = {"linear": "tab:gray", "tanh": "tab:blue", "sigmoid": "tab:orange", "r
            "lstm": "tab:green", "gru": "tab:purple"}
 
 
-def _pyplot():
-    try:
-        import matplotlib
+def _subplots(ncols: int = 1, figsize=(7, 4.4)):
+    """A new off-screen figure and its axes (``pyplot.subplots``'s return value)."""
+    try:  # an optional dependency: imported when a figure is drawn
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("plots need matplotlib: pip install 'jrnn[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
 
 
 def _save(fig, path: str, svg: bool) -> list[str]:
@@ -43,9 +49,6 @@ def _save(fig, path: str, svg: bool) -> list[str]:
         out.append(base + ".svg")
         fig.savefig(out[1])
     fig.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return out
 
 
@@ -73,8 +76,7 @@ def gradient_flow_figure(
         same colour (e.g. :func:`jrnn.diagnostics.elman_jacobian_bound`).
       Values that underflowed to 0 are left out (the line stops).
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = _subplots(figsize=(7, 4.4))
     for name, (d, y) in curves.items():
         ax.semilogy(np.asarray(d), _positive(y), label=name, color=_COLORS.get(name), lw=1.8)
     for name, (d, y) in (bounds or {}).items():
@@ -96,8 +98,7 @@ def decay_figure(curves: Mapping[str, object], path: str, *,
     Args:
       curves: ``{name: DecayCurve}`` from :func:`jrnn.diagnostics.information_decay`.
     """
-    plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (a1, a2) = _subplots(2, figsize=(9, 3.8))
     chance = None
     for name, c in curves.items():
         color = _COLORS.get(name)
@@ -126,8 +127,7 @@ def training_figure(traces: Mapping[str, object], path: str, *, title: str = "Tr
     Args:
       traces: ``{name: TrainingTrace}`` from :func:`jrnn.diagnostics.watch_training`.
     """
-    plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (a1, a2) = _subplots(2, figsize=(9, 3.8))
     for i, (name, tr) in enumerate(traces.items()):
         color = f"C{i}"
         steps = np.arange(len(tr.loss))
@@ -162,10 +162,10 @@ def sweep_figure(results: Sequence[object], path: str, *, solved_at: Optional[fl
       results: :class:`jrnn.tasks.TaskResult` s of one task.
       solved_at: the task's threshold, drawn dashed (``task.solved_at``).
     """
-    plt = _pyplot()
+
     if not results:
         raise ValueError("no results to plot")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _subplots(figsize=(7, 4.2))
     cells = list(dict.fromkeys(r.cell for r in results))
     for name in cells:
         best: dict = {}

@@ -23,7 +23,7 @@ jrnn                  from PyTorch                     to PyTorch
 The GRU keeps both biases because its reset gate multiplies
 :math:`W_{hn} h + b_{hn}` as a whole.  States: PyTorch's ``h_n`` is
 ``[num_layers, B, H]`` (and ``c_n`` for the LSTM); jrnn's stack carry is a
-list with one ``[B, H]`` array (or :class:`~jrnn.cells.LSTMCarry`) per layer.
+list with one ``[B, H]`` array (or :class:`~jrnn.core.gates.LSTMCarry`) per layer.
 
 ``torch`` is imported inside the functions that need it, never when jrnn is
 imported; install it with ``pip install torch`` (CPU build is enough).
@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.cells import Cell, LSTMCarry, elman, gru, lstm
+from jrnn.core.cells import Cell, LSTMCarry, elman, gru, lstm
 
 __all__ = ["from_torch", "to_torch", "carry_from_torch", "carry_to_torch"]
 
@@ -47,7 +47,7 @@ def _torch():
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "jrnn.interop needs PyTorch: pip install torch (the CPU build is enough)"
+            "jrnn.interop.torch needs PyTorch: pip install torch (the CPU build is enough)"
         ) from e
     return torch
 
@@ -91,10 +91,11 @@ def from_torch(module, dtype=jnp.float32) -> tuple[list[Cell], list[dict]]:
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
-      >>> import jax.numpy as jnp, numpy as np, jrnn, jrnn.interop
+      >>> import jax.numpy as jnp, numpy as np, jrnn
+      >>> from jrnn.interop import torch as jt
       >>> _ = torch.manual_seed(0)
       >>> torch_lstm = torch.nn.LSTM(3, 8, num_layers=2)
-      >>> cells, params = jrnn.interop.from_torch(torch_lstm)
+      >>> cells, params = jt.from_torch(torch_lstm)
       >>> [c.kind for c in cells], params[1]["W"].shape
       (['lstm', 'lstm'], (8, 32))
       >>> x = torch.randn(5, 2, 3)                     # [T, B, D]
@@ -144,10 +145,11 @@ def _torch_class(cell: Cell):
         return torch.nn.LSTM, {}
     if cell.kind == "gru":
         return torch.nn.GRU, {}
-    if cell.kind in ("elman[tanh]", "elman[relu]"):
-        return torch.nn.RNN, {"nonlinearity": cell.kind[len("elman[") : -1]}
+    if cell.kind == "elman" and cell.activation in ("tanh", "relu"):
+        return torch.nn.RNN, {"nonlinearity": cell.activation}
+    what = f"{cell.kind!r} cell" + (f" with activation {cell.activation!r}" if cell.kind in ("elman", "linear") else "")
     raise ValueError(
-        f"PyTorch has no module for a {cell.kind!r} cell "
+        f"PyTorch has no module for a {what} "
         "(it has Elman tanh/relu, LSTM and GRU)"
     )
 
@@ -170,7 +172,7 @@ def to_torch(
 
     Args:
       params: a cell's params dict, or a list of them for a stack.
-      cell: the matching :class:`~jrnn.cells.Cell` or list of cells; all
+      cell: the matching :class:`~jrnn.core.cells.Cell` or list of cells; all
         layers must be the same kind (``elman`` with tanh or relu, ``lstm``
         or ``gru``) and hidden size, as PyTorch's modules require.
       batch_first: the module's ``batch_first``.
@@ -181,11 +183,12 @@ def to_torch(
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
-      >>> import jax, jax.numpy as jnp, numpy as np, jrnn, jrnn.interop
+      >>> import jax, jax.numpy as jnp, numpy as np, jrnn
+      >>> from jrnn.interop import torch as jt
       >>> cells = [jrnn.gru(8), jrnn.gru(8)]
       >>> k0, k1 = jax.random.split(jax.random.PRNGKey(0))
       >>> params = [cells[0].init(k0, 3), cells[1].init(k1, 8)]
-      >>> torch_gru = jrnn.interop.to_torch(params, cells)
+      >>> torch_gru = jt.to_torch(params, cells)
       >>> torch_gru
       GRU(3, 8, num_layers=2)
       >>> xs = jnp.ones((5, 2, 3), jnp.float32)
@@ -200,11 +203,11 @@ def to_torch(
     params_list = list(params) if stacked else [params]
     if not cells or len(cells) != len(params_list):
         raise ValueError(f"got {len(cells)} cells but {len(params_list)} params")
-    kinds = {c.kind for c in cells}
+    kinds = {(c.kind, c.activation) for c in cells}
     sizes = {c.hidden_size for c in cells}
     if len(kinds) != 1 or len(sizes) != 1:
         raise ValueError(
-            f"a torch module needs one cell kind and one hidden size, got {sorted(kinds)} / {sorted(sizes)}"
+            f"a torch module needs one cell kind and one hidden size, got {sorted(map(str, kinds))} / {sorted(sizes)}"
         )
     cls, extra = _torch_class(cells[0])
     H = cells[0].hidden_size
@@ -238,9 +241,10 @@ def carry_from_torch(state, cells: Sequence[Cell], dtype=jnp.float32) -> list:
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
-      >>> import jrnn, jrnn.interop
+      >>> import jrnn
+      >>> from jrnn.interop import torch as jt
       >>> h0, c0 = torch.zeros(2, 4, 6), torch.ones(2, 4, 6)
-      >>> carries = jrnn.interop.carry_from_torch((h0, c0), [jrnn.lstm(6)] * 2)
+      >>> carries = jt.carry_from_torch((h0, c0), [jrnn.lstm(6)] * 2)
       >>> len(carries), carries[0].c.shape, float(carries[1].c[0, 0])
       (2, (4, 6), 1.0)
     """
@@ -261,8 +265,9 @@ def carry_to_torch(carries: Sequence[Any], dtype: Optional[Any] = None):
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
-      >>> import jax.numpy as jnp, jrnn.interop
-      >>> h_n = jrnn.interop.carry_to_torch([jnp.zeros((4, 6)), jnp.ones((4, 6))])
+      >>> import jax.numpy as jnp
+      >>> from jrnn.interop import torch as jt
+      >>> h_n = jt.carry_to_torch([jnp.zeros((4, 6)), jnp.ones((4, 6))])
       >>> h_n.shape, h_n.dtype
       (torch.Size([2, 4, 6]), torch.float32)
     """

@@ -29,12 +29,12 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jrnn.cells import Cell
-from jrnn.diagnostics import CELL_NAMES, cell_by_name
-from jrnn.unrolling import unroll
+from jrnn.analysis.diagnostics import CELL_NAMES, cell_by_name
+from jrnn.core.cells import Cell
+from jrnn.core.unroll import unroll
+from jrnn.core.validation import positive_int
 
 Array = jax.Array
 
@@ -67,12 +67,6 @@ class TaskBatch(NamedTuple):
     inputs: Array  # float[B, T, D]
     targets: Array  # adding: float[B]; copy / agreement: int[B, T]
     lengths: Optional[Array]  # int[B] valid steps, or None when every sequence is T long
-
-
-def _check_size(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 # ---- the adding problem -------------------------------------------------------------
@@ -108,8 +102,8 @@ def adding_problem(key: Array, batch_size: int, length: int, *, variant: str = "
       >>> b.inputs.shape, b.targets.shape, [int(n) for n in (b.inputs[..., 1] == 1).sum(1)]
       ((4, 22, 2), (4,), [2, 2, 2, 2])
     """
-    B = _check_size("batch_size", batch_size)
-    T = _check_size("length", length, 10)
+    B = positive_int("batch_size", batch_size)
+    T = positive_int("length", length, 10)
     t = jnp.arange(T + T // 10 if variant == "hs97" else T)[None, :]
     k_len, k_val, k1, k2 = jax.random.split(key, 4)
     if variant == "hs97":
@@ -162,8 +156,8 @@ def copy_memory(key: Array, batch_size: int, length: int, *, dtype=jnp.float32) 
       >>> b.inputs.shape, bool((b.targets[:, -10:] == b.inputs[:, :10].argmax(-1)).all())
       ((2, 25, 10), True)
     """
-    B = _check_size("batch_size", batch_size)
-    T = _check_size("length", length)
+    B = positive_int("batch_size", batch_size)
+    T = positive_int("length", length)
     pattern = jax.random.randint(key, (B, COPY_PATTERN), 1, COPY_SYMBOLS + 1)
     blanks = lambda n: jnp.zeros((B, n), pattern.dtype)
     delim = jnp.full((B, 1), COPY_SYMBOLS + 1, pattern.dtype)
@@ -211,8 +205,8 @@ def separable_verb_tokens(key: Array, batch_size: int, distance: int) -> Array:
       >>> len(s), tasks.SEPARABLE_VOCAB[int(s[2])] in [v for v, _ in tasks.SEPARABLE_PAIRS]
       (7, True)
     """
-    B = _check_size("batch_size", batch_size)
-    k = _check_size("distance", distance)
+    B = positive_int("batch_size", batch_size)
+    k = positive_int("distance", distance)
     k_subj, k_pair, k_fill = jax.random.split(key, 3)
     subj = 2 + jax.random.randint(k_subj, (B, 1), 0, len(_SUBJECTS))
     pair = jax.random.randint(k_pair, (B, 1), 0, len(SEPARABLE_PAIRS))
@@ -411,9 +405,9 @@ def train_task(
 
     ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
     """
-    _check_size("steps", steps)
-    _check_size("eval_every", eval_every)
-    length = _check_size("length", length, task.min_length)
+    positive_int("steps", steps)
+    positive_int("eval_every", eval_every)
+    length = positive_int("length", length, task.min_length)
     kwargs = {"forget_bias": 1.0} if cell_name == "lstm" else {}
     cell = cell_by_name(cell_name, hidden_size, **kwargs)
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)

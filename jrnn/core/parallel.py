@@ -20,7 +20,7 @@ Two recurrences are covered:
   :func:`linear_associative`;
 * a diagonal linear recurrence, real or complex, in the style of the Linear
   Recurrent Unit (Orvieto et al., 2023): :func:`diagonal` is a jrnn
-  :class:`~jrnn.cells.Cell` with an ordinary sequential ``step``, and
+  :class:`~jrnn.core.cells.Cell` with an ordinary sequential ``step``, and
   :func:`associative_unroll` runs it in parallel.
 
 When the dense version stops paying
@@ -33,12 +33,11 @@ states.  ``associative_scan`` does about ``2T`` combines, so it spends about
 ``H x H`` alive (``T H^2`` memory).  The saving is the ``T`` sequential
 steps, each with a fixed cost of its own (a loop iteration, a kernel
 launch), so it pays while ``H`` is small and ``T`` long, and stops paying
-once the extra ``H^3`` arithmetic outweighs that per-step cost.  Measured by
-``benchmarks/parallel_scan.py`` on a 2-core CPU (T = 1024, B = 8), the
-associative form runs at 0.6-0.9x the sequential scan for H <= 16 and falls
-to 0.03x at H = 64: a CPU has no parallel width to spend, so there the
-sequential scan is the right choice at every H; on accelerators the
-crossover is expected near H ~ B.
+once the extra ``H^3`` arithmetic outweighs that per-step cost.  A CPU has
+no parallel width to spend, so there the sequential scan is the right choice
+at every H (``benchmarks/parallel_scan.py`` measures it; the figures are in
+``benchmarks/RESULTS.md``); on accelerators the crossover is expected near
+H ~ B.
 
 Because the dense cell's ``A`` is the *same* ``W_h`` at every step, there is
 a cheaper parallel form, ``method="doubling"``: after round ``k`` every
@@ -71,8 +70,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jrnn.cells import Cell, linear
-from jrnn.unrolling import reverse_within_lengths
+from jrnn.core.cells import Cell, linear
+from jrnn.core.masking import reverse_within_lengths, valid_steps
+from jrnn.core.validation import check_lengths, check_sequence, positive_int
 
 Array = jax.Array
 
@@ -80,14 +80,29 @@ __all__ = [
     "diagonal",
     "linear_associative",
     "associative_unroll",
-    "LINEAR_KINDS",
-    "DIAGONAL_KINDS",
+    "is_linear",
     "METHODS",
 ]
 
-LINEAR_KINDS = ("linear", "elman[identity]")
-DIAGONAL_KINDS = ("diagonal[real]", "diagonal[complex]")
 METHODS = ("associative", "doubling")
+
+
+def _is_dense_linear(cell: Cell) -> bool:
+    return cell.kind == "linear" or (cell.kind == "elman" and cell.activation == "identity")
+
+
+def is_linear(cell: Cell) -> bool:
+    """Whether ``cell``'s recurrence is linear, so that a parallel scan can run it.
+
+    True for :func:`jrnn.linear`, ``jrnn.elman(H, "identity")`` and
+    :func:`diagonal`, also when wrapped (:func:`jrnn.remat`).
+
+    Example:
+      >>> import jrnn
+      >>> is_linear(jrnn.remat(jrnn.linear(3))), is_linear(jrnn.elman(3))
+      (True, False)
+    """
+    return _is_dense_linear(cell) or cell.kind == "diagonal"
 
 
 # --------------------------------------------------------------------------
@@ -161,13 +176,12 @@ def diagonal(
       >>> cell = parallel.diagonal(8)
       >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
       >>> sorted(params), cell.kind
-      (['W', 'b', 'gamma_log', 'nu_log'], 'diagonal[real]')
+      (['W', 'b', 'gamma_log', 'nu_log'], 'diagonal')
       >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((5, 2, 3)))
       >>> hs.shape, carry.shape
       ((5, 2, 8), (2, 8))
     """
-    if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
-        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+    positive_int("hidden_size", hidden_size)
     if not 0.0 <= r_min < r_max <= 1.0:
         raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
     if not max_phase > 0:
@@ -176,8 +190,7 @@ def diagonal(
     G = 2 if complex_state else 1
 
     def init(key: Array, input_size: int, dtype=jnp.float32) -> dict:
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size <= 0:
-            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        positive_int("input_size", input_size)
         k_w, k_r, k_p = jax.random.split(key, 3)
         scale = 1.0 / math.sqrt(input_size)
         # |lambda|^2 uniform between r_min^2 and r_max^2: uniform on the ring's area.
@@ -216,7 +229,7 @@ def diagonal(
         return h, h
 
     return Cell(
-        kind=DIAGONAL_KINDS[1] if complex_state else DIAGONAL_KINDS[0],
+        kind="diagonal",
         hidden_size=H,
         num_gates=G,
         init=init,
@@ -295,7 +308,7 @@ def _scan_affine(cell: Cell, params: dict, xs_proj: Array, carry: Array, reverse
     """All carries ``[T, B, ...]`` of the cell's affine recurrence (no masking)."""
     T = xs_proj.shape[0]
     first = _first_index(T, reverse)
-    if cell.kind in LINEAR_KINDS:
+    if _is_dense_linear(cell):
         W_h = params["W_h"]
         bs = xs_proj
         # Fold the initial state into the first input: h_1 = h_0 W_h + b_1.
@@ -306,7 +319,7 @@ def _scan_affine(cell: Cell, params: dict, xs_proj: Array, carry: Array, reverse
         return _associative_scan(_dense_combine, (As, bs), reverse=reverse)[1]
     lam, _ = _diag_coefficients(params)
     H = cell.hidden_size
-    complex_state = cell.kind == DIAGONAL_KINDS[1]
+    complex_state = cell.num_gates == 2  # the complex diagonal cell projects to (re, im)
     h0 = _to_complex(carry, H) if complex_state else carry
     bs = _diag_inputs(params, xs_proj, H)
     bs = bs.at[first].add(lam * h0)
@@ -358,27 +371,20 @@ def associative_unroll(
     """
     if not isinstance(cell, Cell):
         raise TypeError("associative_unroll takes a single jrnn Cell (stacks: loop over layers)")
-    if cell.kind not in LINEAR_KINDS + DIAGONAL_KINDS:
+    if not is_linear(cell):
         raise ValueError(
-            f"associative_unroll needs a linear recurrence, one of "
-            f"{list(LINEAR_KINDS + DIAGONAL_KINDS)}; got cell kind {cell.kind!r}"
+            "associative_unroll needs a linear recurrence (jrnn.linear, elman with "
+            f"'identity', or parallel.diagonal); got a {cell.kind!r} cell"
+            + (f" with activation {cell.activation!r}" if cell.activation else "")
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
-    xs = jnp.asarray(xs)
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
-    if xs.ndim != 3:
-        raise ValueError(f"xs must have shape [T, B, D], got shape {xs.shape}")
-    T, B, D = xs.shape
-    if D != params["W"].shape[0]:
-        raise ValueError(f"xs has feature size {D} but the cell's W expects {params['W'].shape[0]}")
+    xs = check_sequence(xs, params["W"].shape[0], what="the cell's W")
+    T, B, _ = xs.shape
     if carry is None:
         carry = cell.initial_carry((B,), xs.dtype)
     if lengths is not None:
-        lengths = jnp.asarray(lengths)
-        if lengths.shape != (B,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"lengths must be int[B]=({B},), got {lengths.dtype}{list(lengths.shape)}")
+        lengths = check_lengths(lengths, T, B)
     if T == 0:
         return carry, jnp.zeros((0, B, cell.hidden_size), xs.dtype)
 
@@ -395,7 +401,7 @@ def associative_unroll(
     last = jnp.clip(lengths - 1, 0, T - 1)
     final = jnp.take_along_axis(states, last[None, :, None], axis=0)[0]
     final = jnp.where((lengths > 0)[:, None], final, carry)
-    valid = (jnp.arange(T)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
+    valid = valid_steps(lengths, T)[..., None]  # [T, B, 1]
     hs = jnp.where(valid, cell.hidden(states), 0).astype(xs.dtype)
     if reverse:
         hs = reverse_within_lengths(hs, lengths)
@@ -428,7 +434,7 @@ def linear_associative(
       >>> cell = jrnn.linear(3, init_scale=0.3)
       >>> params = cell.init(jax.random.PRNGKey(0), input_size=2)
       >>> xs = jax.random.normal(jax.random.PRNGKey(1), (10, 4, 2))
-      >>> from jrnn.parallel import linear_associative
+      >>> from jrnn.core.parallel import linear_associative
       >>> h_T, hs = linear_associative(params, xs)
       >>> bool(jnp.allclose(hs, jrnn.unroll(cell, params, xs)[1], atol=1e-5))
       True

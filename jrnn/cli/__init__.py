@@ -1,0 +1,145 @@
+"""The ``jrnn`` command line: train, eval, score, next, generate (and diagnose, tasks).
+
+The only package that parses arguments or prints.  Errors in the user's input
+(data, checkpoints, options) end with one line on stderr and exit code 2.
+This module parses the arguments with nothing heavier than ``argparse``
+loaded, so ``jrnn --help`` answers at once; the commands (and JAX) are
+imported once the arguments are parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from jrnn.cli.options import DEFAULTS, PRESETS, UserError
+
+__all__ = ["main", "PRESETS", "DEFAULTS", "UserError"]
+
+# ---- argument parsing -------------------------------------------------------
+
+def _unroll_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jrnn", description="Train, evaluate and use RNN language models.",
+        epilog="Also: `jrnn diagnose --help` (gradient flow, information decay) and "
+               "`jrnn tasks --help` (adding, copy-memory and agreement task sweeps).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a language model")
+    t.add_argument("--data", default=os.environ.get("JRNN_DATA"),
+                   help="PTB-style directory (*.train/valid/test.txt), one text file, or a corpus "
+                        "to download (ptb, wikitext-2, tiny-shakespeare); "
+                        "default $JRNN_DATA, else the built-in corpus")
+    t.add_argument("--level", choices=["word", "char"], default=None,
+                   help="word (default for directories) or char (default for single files)")
+    t.add_argument("--max-vocab", type=int, default=None)
+    t.add_argument("--min-freq", type=int, default=1)
+    t.add_argument("--preset", choices=sorted(PRESETS))
+    t.add_argument("--cell", choices=["linear", "elman", "lstm", "gru", "nnlm"])
+    t.add_argument("--activation", choices=["tanh", "sigmoid", "relu", "identity"])
+    t.add_argument("--layers", type=int)
+    t.add_argument("--embed-size", type=int)
+    t.add_argument("--hidden-size", type=int)
+    t.add_argument("--context-size", type=int, help="NNLM only: words of context")
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--tie", action="store_true", default=None, help="tie input and output embeddings")
+    t.add_argument("--init-scale", type=float)
+    t.add_argument("--forget-bias", type=float)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--lr", type=float)
+    t.add_argument("--lr-decay", type=float, help="multiply the lr by this each epoch after --decay-start")
+    t.add_argument("--decay-start", type=int, help="epochs at the initial lr")
+    t.add_argument("--clip", type=float, help="clip the global gradient norm (0: off)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--bptt", type=int, help="BPTT window length T")
+    t.add_argument("--unroll", type=_unroll_arg,
+                   help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
+    t.add_argument("--remat", action="store_true", default=None,
+                   help="recompute each step in the backward pass (less memory, long sequences)")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="shard the batch over all local devices (parameters replicated)")
+    t.add_argument("--coordinator", help="multi-host: address:port of process 0 "
+                                         "(with --num-processes and --process-id)")
+    t.add_argument("--num-processes", type=int)
+    t.add_argument("--process-id", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", default="runs/latest", help="checkpoint directory (default runs/latest)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--max-windows", type=int, default=None,
+                   help="stop each epoch after this many windows (quick trials)")
+    t.add_argument("--save-every", type=float, default=300.0,
+                   help="seconds between mid-epoch checkpoints (for --resume)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--release-host-memory", action="store_true",
+                   help="on a CPU, let the C allocator return freed memory to the OS "
+                        "(slower steps; by default jrnn.keep_host_memory() is applied)")
+    t.add_argument("--fused-epoch", action="store_true",
+                   help="run each epoch as one jitted lax.scan over all windows, data on the "
+                        "device (fastest on GPU; progress every 100 windows, Ctrl-C acts at "
+                        "the end of the epoch)")
+
+    e = sub.add_parser("eval", help="perplexity of a checkpoint")
+    e.add_argument("--checkpoint", default="runs/latest")
+    e.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    e.add_argument("--file", help="a text file to evaluate instead of a split")
+    e.add_argument("--data", help="the corpus (default: the one the checkpoint was trained on)")
+    e.add_argument("--batch-size", type=int, default=10)
+    e.add_argument("--bptt", type=int, default=35)
+
+    s = sub.add_parser("score", help="log-probability of sentences, best first")
+    s.add_argument("sentences", nargs="+")
+    s.add_argument("--checkpoint", default="runs/latest")
+
+    n = sub.add_parser("next", help="the next-word distribution after a context")
+    n.add_argument("context")
+    n.add_argument("--top", type=int, default=10)
+    n.add_argument("--checkpoint", default="runs/latest")
+
+    g = sub.add_parser("generate", help="sample text")
+    g.add_argument("--words", type=int, default=100, help="tokens to sample")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt", default="")
+    g.add_argument("--checkpoint", default="runs/latest")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("diagnose", "tasks"):
+        # Gradient-flow / decay plots and long-range task sweeps.  Lazy: loads JAX.
+        from jrnn.cli import tools
+
+        tool = tools.diagnose_main if argv[0] == "diagnose" else tools.tasks_main
+        return tool(argv[1:])
+    args = _parser().parse_args(argv)
+    # Lazy, after parsing: the commands load JAX, which --help does not need.
+    from jrnn.cli import commands
+
+    try:
+        return commands.COMMANDS[args.command](args)
+    except commands.USER_ERRORS as e:
+        print(f"jrnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jrnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

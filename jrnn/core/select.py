@@ -1,0 +1,115 @@
+"""The one place where jrnn chooses how to run: ``method="auto"`` and chunk sizes.
+
+Every choice that depends on the machine is made here, at run time, from a
+table keyed by the cell, a shape class and the backend -- never hard-coded in
+the code that runs the choice.  Each entry says where its figure was measured
+(``benchmarks/RESULTS.md``); an entry without a measurement says so.
+
+The choices:
+
+* :func:`choose_method` -- how :func:`jrnn.unroll` runs a layer: the method
+  (``"scan"``, ``"associative"``, ``"doubling"``; the GPU kernels will add
+  theirs) and ``lax.scan``'s unroll factor;
+* :func:`cross_entropy_chunk_rows` -- rows per chunk of the chunked softmax
+  output layer (:func:`jrnn.core.backward.softmax_cross_entropy`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+
+__all__ = [
+    "METHODS",
+    "Choice",
+    "RULES",
+    "choose_method",
+    "shape_class",
+    "cross_entropy_chunk_rows",
+]
+
+# Every value ``method=`` accepts, "auto" included.
+METHODS = ("auto", "scan", "associative", "doubling")
+
+
+class Choice(NamedTuple):
+    """How to run one layer: the method and ``lax.scan``'s unroll factor."""
+
+    method: str
+    scan_unroll: int
+    why: str  # the measurement behind it (see benchmarks/RESULTS.md) or "not measured"
+
+
+class Rule(NamedTuple):
+    """One row of the table: the first row that matches a layer decides."""
+
+    backend: str  # "cpu", "gpu", "tpu" or "*"
+    kind: str  # a cell kind or "*"
+    shape: str  # a :func:`shape_class` or "*"
+    choice: Choice
+
+
+# The table.  Rows are tried in order; the last row matches everything.
+RULES: tuple[Rule, ...] = (
+    Rule("cpu", "*", "*", Choice(
+        "scan", 1,
+        "2-core CPU, Zaremba-small step: unroll 1/2/4/8 within 7 % of each other with the "
+        "hand-written backward passes, compile time growing with the factor "
+        "(benchmarks/RESULTS.md, 'unroll' sweep); 1 is the cheapest to compile")),
+    Rule("*", "*", "*", Choice(
+        "scan", 8,
+        "GPU/TPU: not yet measured in this repository; 8 is the factor of the H200 "
+        "figures quoted in the GPU issue (latency-bound recurrence, XLA fuses across steps)")),
+)
+
+
+def shape_class(seq_len: Optional[int], batch: Optional[int], hidden_size: int) -> str:
+    """A coarse class of a layer's shape: ``"long"`` (T >= 512), ``"wide"`` (H >= 512) or ``"small"``.
+
+    Example:
+      >>> shape_class(35, 20, 200), shape_class(1024, 64, 256), shape_class(64, 128, 1024)
+      ('small', 'long', 'wide')
+    """
+    del batch  # not used by any rule yet
+    if seq_len is not None and seq_len >= 512:
+        return "long"
+    if hidden_size >= 512:
+        return "wide"
+    return "small"
+
+
+def choose_method(kind: str, *, seq_len: Optional[int] = None, batch: Optional[int] = None,
+                  hidden_size: int = 0, backend: Optional[str] = None) -> Choice:
+    """What ``method="auto"`` runs for a layer of ``kind`` on ``backend``.
+
+    Example:
+      >>> choose_method("lstm", seq_len=35, batch=20, hidden_size=200, backend="cpu")[:2]
+      ('scan', 1)
+    """
+    backend = backend or jax.default_backend()
+    cls = shape_class(seq_len, batch, hidden_size)
+    for rule in RULES:
+        if (rule.backend in ("*", backend) and rule.kind in ("*", kind)
+                and rule.shape in ("*", cls)):
+            return rule.choice
+    raise AssertionError("the last rule matches everything")  # pragma: no cover
+
+
+def cross_entropy_chunk_rows(num_rows: int, vocab_size: int, backend: Optional[str] = None) -> int:
+    """Rows per chunk of the chunked softmax output layer: about 1.5M logits on a CPU.
+
+    1.5M float32 logits (6 MB) stay in a CPU's L3 cache; 140 rows x 10k was the
+    fastest of 70 / 140 / 350 / 700 on the 2-core machine of
+    ``benchmarks/RESULTS.md``.  On GPU/TPU the chunk is 64M logits (usually
+    one chunk); not yet measured in this repository.
+
+    Example:
+      >>> cross_entropy_chunk_rows(700, 10_000, backend="cpu")
+      140
+    """
+    backend = backend or jax.default_backend()
+    budget = 1_500_000 if backend == "cpu" else 64_000_000
+    per_chunk = max(1, min(num_rows, budget // max(vocab_size, 1)))
+    chunks = -(-num_rows // per_chunk)
+    return -(-num_rows // chunks)  # balanced: the same chunk count, less padding

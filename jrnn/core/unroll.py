@@ -1,0 +1,232 @@
+"""Unrolling a cell (or a stack of cells) over time.
+
+:func:`unroll` is the one entry point for every cell and every way of
+running it; *how* is the ``method`` argument:
+
+* ``"scan"`` -- ``jax.lax.scan`` over the cell's ``step`` (with the cell's
+  hand-written backward pass, :mod:`jrnn.core.backward`, when it has one and
+  ``custom_vjp``), unrolled ``scan_unroll`` steps at a time;
+* ``"associative"`` / ``"doubling"`` -- a *linear* recurrence in
+  ``O(log T)`` depth (:mod:`jrnn.core.parallel`);
+* ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
+  picks for the cell, the shape and the backend.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from jrnn.core.cells import Cell, sequence_for
+from jrnn.core.masking import reverse_within_lengths, valid_steps
+from jrnn.core.parallel import associative_unroll, is_linear
+from jrnn.core.select import METHODS, choose_method
+from jrnn.core.validation import check_lengths, check_rate, check_sequence, positive_int
+
+Array = jax.Array
+
+__all__ = ["unroll", "auto_unroll", "resolve_method"]
+
+_UNSET = object()
+
+
+def auto_unroll(backend: Optional[str] = None) -> int:
+    """Deprecated: the ``lax.scan`` unroll factor ``method="auto"`` picks on ``backend``.
+
+    Use :func:`jrnn.core.select.choose_method`, which also sees the cell and the shape.
+    """
+    warnings.warn("jrnn.auto_unroll is deprecated; use jrnn.core.select.choose_method",
+                  DeprecationWarning, stacklevel=2)
+    return choose_method("*", backend=backend).scan_unroll
+
+
+def _legacy_unroll(value, method: str, scan_unroll):
+    """Map the first release's ``unroll=`` (int, bool, "auto" or an algorithm) to the new arguments."""
+    warnings.warn(
+        "unroll= is deprecated: pass method='scan' | 'associative' | 'doubling' | 'auto' "
+        "and scan_unroll=<int> instead", DeprecationWarning, stacklevel=3)
+    if value == "auto" and not isinstance(value, bool):
+        return "auto", scan_unroll
+    if value in ("associative", "doubling"):
+        return value, scan_unroll
+    if isinstance(value, bool) or isinstance(value, int):
+        return ("scan" if method == "auto" else method), value
+    raise ValueError(
+        f"unroll must be an int, True, 'auto', 'associative' or 'doubling', got {value!r}")
+
+
+def _check_scan_unroll(scan_unroll):
+    if scan_unroll is None or scan_unroll is True:
+        return scan_unroll
+    return positive_int("scan_unroll", scan_unroll)
+
+
+def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch: int):
+    """``(method, scan_unroll)`` for one layer: ``"auto"`` and a missing factor decided.
+
+    Example:
+      >>> import jrnn
+      >>> resolve_method(jrnn.lstm(8), "scan", 4, seq_len=10, batch=2)
+      ('scan', 4)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    choice = choose_method(cell.kind, seq_len=seq_len, batch=batch, hidden_size=cell.hidden_size)
+    if method == "auto":
+        method = choice.method
+    if method in ("associative", "doubling") and not is_linear(cell):
+        raise ValueError(
+            f"method={method!r} needs a linear recurrence (jrnn.linear, elman with 'identity', "
+            f"jrnn.parallel.diagonal); got a {cell.kind!r} cell")
+    return method, choice.scan_unroll if scan_unroll is None else scan_unroll
+
+
+def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], reverse: bool,
+                method: str, scan_unroll, custom_vjp: bool):
+    if method in ("associative", "doubling"):
+        return associative_unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
+                                  method=method)
+    T, B = xs.shape[0], xs.shape[1]
+    # Hoisted out of the loop: one [T*B, D] x [D, G*H] matmul instead of T small ones.
+    xs_proj = cell.project(params, xs)
+    if carry is None:
+        carry = cell.initial_carry((B,), xs_proj.dtype)
+    else:
+        # scan needs the carry in the step's own dtype (e.g. a float32 zero carry
+        # fed to float64 params would otherwise fail deep inside XLA).
+        carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
+
+    if lengths is None:
+        seq = sequence_for(cell) if custom_vjp else None
+        if seq is not None:
+            # The same scan with a hand-written backward pass (jrnn.core.backward).
+            return seq(params, xs_proj, carry, reverse=reverse, unroll=scan_unroll)
+        # scan(reverse=True) walks T-1 .. 0 and stores outputs in place: no flips.
+        return jax.lax.scan(
+            lambda c, x: cell.step(params, c, x), carry, xs_proj, reverse=reverse,
+            unroll=scan_unroll,
+        )
+
+    if reverse:
+        xs_proj = reverse_within_lengths(xs_proj, lengths)
+    valid = valid_steps(lengths, T)  # [T, B]
+
+    def masked_step(c, inputs):
+        x, ok = inputs
+        new_c, h = cell.step(params, c, x)
+        keep = ok[:, None]
+        # Padded steps leave the carry as it was, so the final carry is the one
+        # at each sequence's last valid step, and give zero outputs.
+        new_c = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), new_c, c)
+        return new_c, jnp.where(keep, h, jnp.zeros_like(h))
+
+    carry, hs = jax.lax.scan(masked_step, carry, (xs_proj, valid), unroll=scan_unroll)
+    if reverse:
+        hs = reverse_within_lengths(hs, lengths)
+    return carry, hs
+
+
+def unroll(
+    cell: Union[Cell, Sequence[Cell]],
+    params: Union[dict, Sequence[dict]],
+    xs: Array,
+    carry: Any = None,
+    *,
+    lengths: Optional[Array] = None,
+    reverse: bool = False,
+    method: str = "auto",
+    scan_unroll: Union[int, bool, None] = None,
+    dropout: float = 0.0,
+    key: Optional[Array] = None,
+    time_major: bool = True,
+    custom_vjp: bool = True,
+    unroll: Any = _UNSET,
+):
+    """Run a cell, or a stack of cells, over a whole sequence.
+
+    The input projection ``cell.project`` is computed once for all timesteps
+    (one large matmul); only ``cell.step`` runs inside the loop.
+
+    Args:
+      cell: a :class:`~jrnn.core.cells.Cell`, or a list of cells for a stack
+        whose layer ``l`` reads layer ``l-1``'s outputs.
+      params: the cell's params dict, or a list of them (one per layer).
+      xs: ``float[T, B, D]``, time-major (``[B, T, D]`` with ``time_major=False``,
+        at the cost of two transposes).
+      carry: initial carry (a list of them for a stack); ``None`` means zeros.
+      lengths: optional ``int[B]`` with ``0 <= lengths <= T``.  Steps at or past
+        ``lengths[b]`` leave the carry unchanged and output zeros, so the final
+        carry is the one at each sequence's last valid step.
+      reverse: run from the end of each sequence to its start; with ``lengths``
+        each sequence is reversed within its own length.  Outputs stay aligned
+        with the inputs.
+      method: ``"scan"``, ``"associative"`` or ``"doubling"`` (linear cells
+        only: ``jrnn.linear``, ``elman`` with ``"identity"``,
+        ``jrnn.parallel.diagonal``), or ``"auto"``: the choice of
+        :func:`jrnn.core.select.choose_method` for the cell, shape and backend.
+      scan_unroll: ``lax.scan``'s unroll factor (a positive int, or ``True``
+        for all steps); ``None`` takes the one ``"auto"`` would.
+      dropout: rate of dropout applied to the outputs between stacked layers
+        (not after the last one); only used when ``key`` is given.
+      key: PRNG key for dropout.
+      time_major: whether ``xs`` and the returned outputs are ``[T, B, ...]``.
+      custom_vjp: use the cell's hand-written backward pass (``cell.sequence``)
+        when it has one and there are no ``lengths``; ``False`` differentiates
+        the scan with autodiff (needed for forward-mode ``jax.jvp`` /
+        ``jax.jacfwd``).  The values are the same.
+      unroll: deprecated; the first release's mix of ``scan_unroll`` and ``method``.
+
+    Returns:
+      ``(final_carry, outputs)``: the carry after the last (valid) step -- a list
+      for a stack -- and ``outputs: float[T, B, H]`` of the last layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cells = [jrnn.lstm(8), jrnn.gru(8)]
+      >>> keys = jax.random.split(jax.random.PRNGKey(0))
+      >>> params = [cells[0].init(keys[0], 3), cells[1].init(keys[1], 8)]
+      >>> xs = jnp.ones((6, 2, 3))
+      >>> carries, hs = jrnn.unroll(cells, params, xs, lengths=jnp.array([6, 4]))
+      >>> hs.shape, bool((hs[4:, 1] == 0).all())
+      ((6, 2, 8), True)
+    """
+    if unroll is not _UNSET:
+        method, scan_unroll = _legacy_unroll(unroll, method, scan_unroll)
+    scan_unroll = _check_scan_unroll(scan_unroll)
+    stacked = not isinstance(cell, Cell)
+    cells = list(cell) if stacked else [cell]
+    if not cells or not all(isinstance(c, Cell) for c in cells):
+        raise TypeError("cell must be a jrnn Cell or a non-empty list of Cells")
+    params_list = list(params) if stacked else [params]
+    if len(params_list) != len(cells):
+        raise ValueError(f"got {len(cells)} cells but {len(params_list)} params")
+    carries = [None] * len(cells) if carry is None else (list(carry) if stacked else [carry])
+    if len(carries) != len(cells):
+        raise ValueError(f"got {len(cells)} cells but {len(carries)} carries")
+
+    xs = check_sequence(xs, params_list[0]["W"].shape[0], time_major=time_major)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)
+    T, B, _ = xs.shape
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
+    dropout = check_rate("dropout", dropout)
+    layer_keys = (
+        jax.random.split(key, len(cells)) if (key is not None and dropout > 0) else None
+    )
+
+    finals = []
+    hs = xs
+    for layer, (c, p, c0) in enumerate(zip(cells, params_list, carries)):
+        if layer > 0 and layer_keys is not None:
+            keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
+            hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+        m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
+        final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
+        finals.append(final)
+    if not time_major:
+        hs = jnp.swapaxes(hs, 0, 1)
+    return (finals if stacked else finals[0]), hs

@@ -1,0 +1,151 @@
+"""Checks at jrnn's public boundary: one place for every rule about user input.
+
+Every public function that takes sizes, token ids, lengths or a sequence of
+inputs checks them here, so the rules (and the messages) are the same
+wherever a value enters: a clear ``ValueError`` / ``TypeError`` naming the
+argument instead of a shape error from deep inside XLA.
+
+Values that are concrete (NumPy arrays, lists, JAX arrays -- also JAX arrays
+closed over under ``jit``) have their *range* checked on a host copy.  A value
+that is traced under ``jit`` can only have its dtype and shape checked;
+its range is the caller's promise (an out-of-range token id is clamped by
+JAX's gather).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = [
+    "positive_int",
+    "is_concrete",
+    "check_tokens",
+    "check_lengths",
+    "check_sequence",
+    "check_rate",
+]
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an ``int`` (not a bool) ``>= minimum``, else a ``ValueError`` naming ``name``.
+
+    Example:
+      >>> positive_int("hidden_size", 4)
+      4
+      >>> positive_int("hidden_size", 0)
+      Traceback (most recent call last):
+      ...
+      ValueError: hidden_size must be a positive int, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_rate(name: str, value: float) -> float:
+    """A dropout-style rate in ``[0, 1)``.
+
+    Example:
+      >>> check_rate("dropout", 1.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: dropout must be in [0, 1), got 1.0
+    """
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # also False for NaN
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` holds values now (not a tracer inside ``jit``/``grad``/``vmap``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _host_range(x) -> Optional[tuple[int, int]]:
+    if not is_concrete(x):
+        return None
+    host = np.asarray(x)
+    if host.size == 0:
+        return None
+    return int(host.min()), int(host.max())
+
+
+def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> Array:
+    """Token ids ``int[B, T]`` in ``[0, vocab_size)``, as a JAX array.
+
+    Example:
+      >>> check_tokens([[1, 2, 3]], 4).shape
+      (1, 3)
+      >>> check_tokens([[1, 5]], 4, "inputs")
+      Traceback (most recent call last):
+      ...
+      ValueError: inputs must be ids in [0, vocab_size=4), got values in [1, 5]
+    """
+    rng = _host_range(tokens)
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"{name} must have shape [B, T], got shape {tokens.shape}")
+    if rng is not None and (rng[0] < 0 or rng[1] >= vocab_size):
+        raise ValueError(
+            f"{name} must be ids in [0, vocab_size={vocab_size}), got values in [{rng[0]}, {rng[1]}]"
+        )
+    return tokens
+
+
+def check_lengths(lengths, T: int, B: int, *, min_length: int = 0) -> Array:
+    """Sequence lengths ``int[B]`` with ``min_length <= lengths <= T``, as a JAX array.
+
+    ``min_length=1`` where a sequence must hold at least one token (scoring).
+
+    Example:
+      >>> check_lengths([3, 0], T=3, B=2).tolist()
+      [3, 0]
+      >>> check_lengths([4, 1], T=3, B=2)
+      Traceback (most recent call last):
+      ...
+      ValueError: lengths must lie in [0, T=3], got values in [1, 4]
+    """
+    rng = _host_range(lengths)
+    lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape [B]=({B},), got {lengths.shape}")
+    if rng is not None and (rng[0] < min_length or rng[1] > T):
+        raise ValueError(
+            f"lengths must lie in [{min_length}, T={T}], got values in [{rng[0]}, {rng[1]}]"
+        )
+    return lengths
+
+
+def check_sequence(xs, input_size: Optional[int] = None, *, time_major: bool = True,
+                   what: str = "the first cell") -> Array:
+    """Inputs ``float[T, B, D]`` (``[B, T, D]`` when not ``time_major``), as a JAX array.
+
+    ``input_size``, when given, is the ``D`` that ``what`` expects.
+
+    Example:
+      >>> check_sequence(np.zeros((2, 3)))
+      Traceback (most recent call last):
+      ...
+      ValueError: xs must have rank 3 ([T, B, D]), got shape (2, 3)
+    """
+    xs = jnp.asarray(xs)
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
+    if xs.ndim != 3:
+        layout = "[T, B, D]" if time_major else "[B, T, D]"
+        raise ValueError(f"xs must have rank 3 ({layout}), got shape {xs.shape}")
+    if input_size is not None and xs.shape[2] != input_size:
+        raise ValueError(f"xs has feature size {xs.shape[2]} but {what} expects {input_size}")
+    return xs

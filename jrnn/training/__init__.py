@@ -1,0 +1,4 @@
+"""The training layer: jitted train/eval steps, epoch loops, checkpoints, several devices.
+
+Imports the models and core layers (and :mod:`jrnn.data`), nothing above.
+"""
