@@ -4,7 +4,14 @@ Peers: Flax linen ``nn.RNN`` (``OptimizedLSTMCell`` / ``GRUCell`` /
 ``SimpleCell``), Equinox cells (``eqx.nn.LSTMCell`` / ``GRUCell``, vmapped over
 the batch under ``lax.scan``) and PyTorch ``nn.LSTM`` / ``nn.GRU`` /
 ``nn.RNN`` (cuDNN on a GPU).  Peers that are not installed are skipped with a
-note (``pip install -e .[bench]`` plus ``torch``).
+note (``pip install -e .[bench]`` plus ``torch``).  Opt-in peers (name them in
+``--peers``): ``torch-fp16`` (the same PyTorch model converted with
+``.half()``, the loss in float32, no grad scaler: a speed measurement; on a
+GPU cuDNN picks its persistent LSTM kernels when it can), ``jax-cudnn``
+(``jax.experimental.rnn.lstm``, JAX's binding of cuDNN's LSTM: LSTM only,
+float32, CUDA only) and ``jrnn-pallas`` (a hook for Pallas kernels that do not
+exist yet: reported as n/a).  A peer that fails is reported as an error row
+(traceback on stderr) and the run goes on.
 
 Two kinds of shape:
 
@@ -50,9 +57,9 @@ Usage::
     python benchmarks/peers.py --shapes zaremba-small --autodiff --keep-host-memory
 
 jrnn's default train step uses its hand-written backward passes
-(:mod:`jrnn.fused`); ``--autodiff`` adds a row with plain autodiff
+(:mod:`jrnn.core.backward`); ``--autodiff`` adds a row with plain autodiff
 (``custom_vjp=False``).  ``--keep-host-memory`` applies
-:func:`jrnn.keep_host_memory` to the whole process, so to every
+:func:`jrnn.training.runtime.keep_host_memory` to the whole process, so to every
 implementation in the run alike; run once with and once without it.
     python benchmarks/peers.py --list
 
@@ -64,6 +71,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
+import importlib
 import json
 import math
 import os
@@ -110,12 +118,17 @@ SHAPES = {
     "long-elman": Shape("elman", 8, 4096, 64, 1, 0, "rec", "T = 4096, tanh RNN fwd+bwd"),
     "tiny-lm": Shape("lstm", 4, 8, 16, 2, 50, "lm", "smoke test"),
     "tiny-gru": Shape("gru", 4, 8, 16, 2, 50, "lm", "smoke test"),
+    "lstm-1024-768": Shape("lstm", 16, 1024, 768, 1, 0, "rec",
+                           "LSTM fwd+bwd; cuDNN persistent fp16 on an H100: 2.01 ms fwd, "
+                           "5.19 ms fwd+bwd (NX-AI/flashrnn)"),
     "tiny-rec": Shape("lstm", 4, 64, 16, 1, 0, "rec", "smoke test"),
+    "tiny-elman-rec": Shape("elman", 4, 64, 16, 1, 0, "rec", "smoke test"),
 }
 CPU_DEFAULT = ["zaremba-small", "gru-small", "elman-small", "long-lstm", "long-elman"]
 GPU_DEFAULT = ["zaremba-small", "zaremba-medium", "large-batch", "gru-small", "elman-small",
                "rnn-long", "long-lstm", "long-elman"]
 PEERS = ["jrnn", "flax", "equinox", "torch"]
+OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas"]
 
 
 # --------------------------------------------------------------------------
@@ -198,13 +211,18 @@ def _jax_device_peak_mb() -> Optional[float]:
 
 
 class Runner(NamedTuple):
-    """What a peer hands to the timer: ``compile() -> seconds``, ``run(n)``, ``sync()``."""
+    """What a peer hands to the timer: ``compile() -> seconds``, ``run(n)``, ``sync()``.
+
+    ``forward(n)``, when given, runs n forward passes only (no gradients); it
+    is timed after the train steps and reported as ``fwd_step_s``.
+    """
 
     compile: Callable[[], float]
     run: Callable[[int], None]
     sync: Callable[[], None]
     xla_mb: Callable[[], Optional[float]]
     extra: dict
+    forward: Optional[Callable[[int], None]] = None
 
 
 def _jax_runner(jitted, args: list, carry_index: Optional[int], state_index: int = 0) -> Runner:
@@ -220,14 +238,15 @@ def _jax_runner(jitted, args: list, carry_index: Optional[int], state_index: int
         f, a = box["compiled"], box["args"]
         for _ in range(n):
             out = f(*a)
-            if carry_index is None:
-                box["last"] = out
-            else:
+            if carry_index is not None:
                 a[state_index] = out[0]
                 a[carry_index] = out[1]
-                box["last"] = out[2]
+            box["last"] = out
 
     def sync() -> None:
+        # Every output of the last step (new state, carry, loss / gradients):
+        # dispatch is asynchronous on a GPU, and each step reads the state the
+        # one before wrote, so this waits for all n steps.
         if "last" in box:
             jax.block_until_ready(box["last"])
 
@@ -276,17 +295,18 @@ def _bf16_cell(cell: jrnn.Cell) -> jrnn.Cell:
         new, h = cell.step(p, low, x_proj)
         return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), new), h.astype(jnp.float32)
 
-    return cell._replace(kind=cell.kind + "[bf16]", project=project, step=step)
+    return cell._replace(project=project, step=step)
 
 
 def _remat_cell(cell: jrnn.Cell) -> jrnn.Cell:
     # The scan's backward pass re-runs each step from its carry instead of
     # keeping the step's gates: T * B * (G + 1) * H floats fewer, one more step forward.
-    return cell._replace(kind=cell.kind + "[remat]", step=jax.checkpoint(cell.step))
+    return jrnn.remat(cell)
 
 
-def _jrnn_cells(shape: Shape, remat: bool, bf16: bool) -> list:
-    cells = [jrnn.make_cell(shape.cell, shape.H) for _ in range(shape.L)]
+def _jrnn_cells(shape: Shape, remat: bool, bf16: bool, make_cell: Callable = None) -> list:
+    make_cell = make_cell or jrnn.make_cell
+    cells = [make_cell(shape.cell, shape.H) for _ in range(shape.L)]
     if bf16:
         cells = [_bf16_cell(c) for c in cells]
     if remat:
@@ -295,19 +315,21 @@ def _jrnn_cells(shape: Shape, remat: bool, bf16: bool) -> list:
 
 
 def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
-             custom_vjp: bool = True) -> jrnn.LanguageModel:
-    """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses wrapped cells."""
+             custom_vjp: bool = True, make_cell: Callable = None) -> jrnn.LanguageModel:
+    """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses other cells
+    (wrapped ones, or those of ``make_cell(kind, H)``)."""
     base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
-                       num_layers=shape.L, unroll=unroll, custom_vjp=custom_vjp)
-    if not (remat or bf16):
+                       num_layers=shape.L, method="scan", scan_unroll=unroll,
+                       custom_vjp=custom_vjp)
+    if not (remat or bf16 or make_cell):
         return base
-    cells = _jrnn_cells(shape, remat, bf16)
+    cells = _jrnn_cells(shape, remat, bf16, make_cell)
 
     def apply(params, tokens, carry=None, *, lengths=None, key=None):
         del key  # no dropout in the benchmark
         xs = params["embed"][tokens.T]
         carry, hs = jrnn.unroll(cells, params["layers"], xs, carry, lengths=lengths,
-                                unroll=unroll)
+                                method="scan", scan_unroll=unroll, custom_vjp=custom_vjp)
         hs = jnp.swapaxes(hs, 0, 1)
         W, b = params["out"]["W"], params["out"]["b"]
         if bf16:
@@ -322,24 +344,47 @@ def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
 
 
 def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
-                bf16: bool = False, custom_vjp: bool = True) -> Runner:
+                bf16: bool = False, custom_vjp: bool = True, make_cell: Callable = None) -> Runner:
     if shape.mode == "lm":
-        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp)
+        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell)
         opt = optax.sgd(LR)
         state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
         step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
         args = [state, jnp.asarray(data["inputs"]), jnp.asarray(data["targets"]),
                 model.initial_carry(shape.B)]
         return _jax_runner(step, args, carry_index=3)
-    cells = _jrnn_cells(shape, remat, bf16)
+    cells = _jrnn_cells(shape, remat, bf16, make_cell)
     params = [c.init(k, shape.H) for c, k in
               zip(cells, jax.random.split(jax.random.PRNGKey(0), shape.L))]
 
     def loss(params, xs):
-        return jnp.sum(jrnn.unroll(cells, params, xs, unroll=unroll, custom_vjp=custom_vjp)[1])
+        return jnp.sum(jrnn.unroll(cells, params, xs, method="scan", scan_unroll=unroll,
+                                       custom_vjp=custom_vjp)[1])
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
+
+
+def jrnn_pallas_runner(shape: Shape, data: dict, *, unroll: int = 1) -> Runner:
+    """HOOK for jrnn's Pallas GPU kernels, which do not exist yet: reported as n/a.
+
+    The contract it expects, once they are written: a module ``jrnn.pallas``
+    with ``make_cell(kind, hidden_size) -> jrnn.Cell`` whose cells carry the
+    same params as ``jrnn.make_cell``'s and run the recurrence (forward and
+    backward) in their ``sequence`` function.  They are then timed exactly as
+    the ``jrnn[u=...]`` rows (same data, same train step), in the
+    ``jrnn-pallas`` column of ``benchmarks/gpu_report.py``.  Change only this
+    function if the kernels arrive with another interface.
+    """
+    try:
+        jp = importlib.import_module("jrnn.pallas")
+    except ModuleNotFoundError as e:
+        if e.name not in ("jrnn.pallas",):
+            raise
+        raise _Skip("n/a: jrnn has no Pallas kernels yet (hook: jrnn.pallas.make_cell)")
+    if not hasattr(jp, "make_cell"):
+        raise _Skip("n/a: jrnn.pallas has no make_cell(kind, hidden_size) yet")
+    return jrnn_runner(shape, data, unroll=unroll, make_cell=jp.make_cell)
 
 
 def bf16_accuracy(shape: Shape, data: dict) -> dict:
@@ -365,10 +410,10 @@ def bf16_accuracy(shape: Shape, data: dict) -> dict:
 
         (l32, g32), (l16, g16) = f(m32)(params, x, y), f(m16)(params, x, y)
     diff = jax.tree_util.tree_map(lambda a, b: a - b, g16, g32)
-    gnorm = float(jrnn.train.global_norm(g32))
+    gnorm = float(optax.global_norm(g32))
     return {"loss_f32": float(l32), "loss_bf16": float(l16),
             "loss_rel_err": abs(float(l16) - float(l32)) / abs(float(l32)),
-            "grad_rel_err": float(jrnn.train.global_norm(diff)) / gnorm}
+            "grad_rel_err": float(optax.global_norm(diff)) / gnorm}
 
 
 def _sgd_train_step(forward, *, time_major_logits: bool = False):
@@ -509,7 +554,12 @@ def equinox_runner(shape: Shape, data: dict) -> Runner:
 # PyTorch.
 
 
-def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Runner:
+def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None,
+                 half: bool = False) -> Runner:
+    """PyTorch ``nn.LSTM`` / ``GRU`` / ``RNN`` (cuDNN on a GPU), float32 or, with
+    ``half``, the whole model ``.half()`` (loss in float32, SGD on the fp16
+    weights, no grad scaler: the speed of cuDNN's fp16 kernels, persistent
+    ones for the LSTM when cuDNN's heuristics allow, not a training recipe)."""
     import torch
 
     def set_threads():
@@ -519,21 +569,23 @@ def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Run
     set_threads()
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if half else torch.float32
     torch.manual_seed(0)
     rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}[shape.cell]
     H, B = shape.H, shape.B
-    rnn = rnn_cls(H, H, num_layers=shape.L).to(dev)  # time-major, as cuDNN wants
+    rnn = rnn_cls(H, H, num_layers=shape.L).to(dev, dtype)  # time-major, as cuDNN wants
 
     def zeros_hidden():
-        z = torch.zeros(shape.L, B, H, device=dev)
+        z = torch.zeros(shape.L, B, H, device=dev, dtype=dtype)
         return (z, torch.zeros_like(z)) if shape.cell == "lstm" else z
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    forward_only = None
     if shape.mode == "rec":
-        xs = torch.tensor(data["xs"], device=dev, requires_grad=True)
+        xs = torch.tensor(data["xs"], device=dev, dtype=dtype, requires_grad=True)
 
         def run(n):
             set_threads()
@@ -541,10 +593,18 @@ def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Run
                 rnn.zero_grad(set_to_none=True)
                 xs.grad = None
                 out, _ = rnn(xs)
-                out.sum().backward()
+                out.sum().backward()  # d sum / d out = 1 even if an fp16 sum overflows
+
+        def forward(n):
+            set_threads()
+            with torch.no_grad():
+                for _ in range(n):
+                    rnn(xs)
+
+        forward_only = forward
     else:
-        embed = torch.nn.Embedding(shape.V, H).to(dev)
-        out_layer = torch.nn.Linear(H, shape.V).to(dev)
+        embed = torch.nn.Embedding(shape.V, H).to(dev, dtype)
+        out_layer = torch.nn.Linear(H, shape.V).to(dev, dtype)
         params = list(embed.parameters()) + list(rnn.parameters()) + list(out_layer.parameters())
         opt = torch.optim.SGD(params, lr=LR)
         x = torch.tensor(data["inputs"].T.copy(), dtype=torch.long, device=dev)  # [T, B]
@@ -556,7 +616,7 @@ def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Run
             for _ in range(n):
                 opt.zero_grad(set_to_none=True)
                 hs, hidden = rnn(embed(x), box["hidden"])
-                logits = out_layer(hs)
+                logits = out_layer(hs).float()
                 loss = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, shape.V), y.reshape(-1), reduction="sum") / B
                 loss.backward()
@@ -571,9 +631,75 @@ def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None) -> Run
         sync()
         return time.perf_counter() - t
 
-    extra = {"threads": torch.get_num_threads(),
+    extra = {"threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""),
              "cudnn": bool(dev.type == "cuda" and torch.backends.cudnn.enabled)}
-    return Runner(compile_, run, sync, lambda: None, extra)
+    if dev.type == "cuda":
+        extra.update(cudnn_version=torch.backends.cudnn.version(),
+                     cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                     matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return Runner(compile_, run, sync, lambda: None, extra, forward_only)
+
+
+# --------------------------------------------------------------------------
+# jax.experimental.rnn: JAX's binding of cuDNN's LSTM.
+
+
+def jax_cudnn_runner(shape: Shape, data: dict) -> Runner:
+    """``jax.experimental.rnn.lstm`` (cuDNN, float32, batch-major), all layers in one call.
+
+    Its weights are one flat vector in cuDNN's layout, initialised by
+    ``rnn.init_lstm_weight``; ``benchmarks/jax_cudnn.py`` converts jrnn's LSTM
+    params into it and checks the outputs against jrnn.  The LM step is the
+    peers' (embedding -> LSTM -> dense -> summed CE / B, clip 5, SGD).
+    """
+    if shape.cell != "lstm":
+        raise _Skip("n/a: jax.experimental.rnn has only the LSTM")
+    from jax.experimental import rnn
+
+    if not _on_gpu() and not getattr(rnn, "_jrnn_emulated_on_cpu", False):
+        raise _Skip("n/a: needs a CUDA GPU (cuDNN); the weight layout is checked on CPU by "
+                    "benchmarks/jax_cudnn.py")
+    H, B, L, T = shape.H, shape.B, shape.L, shape.T
+    k_w, k_e, k_o = jax.random.split(jax.random.PRNGKey(0), 3)
+    weights = rnn.init_lstm_weight(k_w, H, H, L, False)
+    seq_lengths = jnp.full((B,), T, jnp.int32)
+
+    def lstm(w, xs, h0, c0):  # xs: [B, T, H]
+        return rnn.lstm(xs, h0, c0, w, seq_lengths, H, H, L, 0.0, False)
+
+    def zeros_carry():
+        return (jnp.zeros((L, B, H)), jnp.zeros((L, B, H)))
+
+    if shape.mode == "rec":
+        def loss(w, xs):
+            h0, c0 = zeros_carry()
+            return jnp.sum(lstm(w, xs, h0, c0)[0])
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        xs = jnp.asarray(np.swapaxes(data["xs"], 0, 1))  # cuDNN here is batch-major
+        fwd = jax.jit(lambda w, xs: lstm(w, xs, *zeros_carry())[0])
+        runner = _jax_runner(grad, [weights, xs], carry_index=None)
+
+        def forward(n):
+            for _ in range(n):
+                out = fwd(weights, xs)
+            jax.block_until_ready(out)
+
+        return runner._replace(forward=forward)
+
+    params = {"embed": jax.random.uniform(k_e, (shape.V, H), minval=-0.1, maxval=0.1),
+              "lstm": weights,
+              "out": {"W": jax.random.uniform(k_o, (H, shape.V), minval=-0.1, maxval=0.1),
+                      "b": jnp.zeros((shape.V,))}}
+
+    def forward_lm(p, tokens, carry):  # tokens: [B, T]
+        ys, h, c = lstm(p["lstm"], p["embed"][tokens], *carry)
+        return ys @ p["out"]["W"] + p["out"]["b"], (h, c)
+
+    jitted, opt = _sgd_train_step(forward_lm)
+    args = [(params, opt.init(params)), jnp.asarray(data["inputs"]), jnp.asarray(data["targets"]),
+            zeros_carry()]
+    return _jax_runner(jitted, args, carry_index=3)
 
 
 # --------------------------------------------------------------------------
@@ -585,10 +711,14 @@ class _Skip(Exception):
 
 def versions() -> dict:
     out = {"python": platform.python_version(), "jax": jax.__version__,
-           "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
+           "jaxlib": _pkg_version("jaxlib"),
            "numpy": np.__version__, "optax": optax.__version__, "jrnn": jrnn.__version__}
-    for name in ("flax", "equinox", "torch"):
+    for name in ("flax", "equinox", "chex", "torch"):
         out[name] = _pkg_version(name)
+    try:  # None: XLA's default (TF32 for float32 matmuls on recent NVIDIA GPUs)
+        out["jax_default_matmul_precision"] = jax.config.jax_default_matmul_precision
+    except Exception:  # noqa: BLE001
+        pass
     return out
 
 
@@ -623,6 +753,25 @@ def machine() -> dict:
     return info
 
 
+def _error(rec: dict, stage: str, e: BaseException) -> dict:
+    """An error row: one line in the table and JSON, the traceback on stderr."""
+    import traceback
+
+    print(f"--- {rec['impl']} failed during {stage}:", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
+    sys.stderr.flush()
+    msg = " ".join(str(e).split())
+    return {**rec, "error": f"{stage}: {type(e).__name__}: {msg[:400]}"}
+
+
+def _release_torch_memory(name: str) -> None:
+    if name.startswith("torch") and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # let the JAX implementations have it back
+
+
 def measure(name: str, make: Callable[[], Runner], shape: Shape, args) -> tuple:
     gc.collect()
     rec: dict = {"impl": name}
@@ -632,21 +781,36 @@ def measure(name: str, make: Callable[[], Runner], shape: Shape, args) -> tuple:
         return {**rec, "skipped": str(e)}, None
     except ImportError as e:
         return {**rec, "skipped": f"not installed ({e.name})"}, None
-    rec["compile_s"] = runner.compile()
-    with RSSSampler() as mem:
-        rec.update(time_steps(runner.run, runner.sync, args.warmup, args.reps, args.rep_seconds))
-    rec["tokens_per_s"] = shape.B * shape.T / rec["step_s"]
-    rec["xla_mb"] = runner.xla_mb()
-    rec["rss_mb"] = mem.delta_mb
-    if _on_gpu():
-        if name.startswith("torch"):
-            import torch
+    except Exception as e:  # noqa: BLE001 -- one peer failing must not end the run
+        _release_torch_memory(name)
+        return _error(rec, "setup", e), None
+    stage = "compile"
+    try:
+        rec["compile_s"] = runner.compile()
+        stage = "timing"
+        with RSSSampler() as mem:
+            rec.update(time_steps(runner.run, runner.sync, args.warmup, args.reps,
+                                  args.rep_seconds))
+        rec["tokens_per_s"] = shape.B * shape.T / rec["step_s"]
+        rec["xla_mb"] = runner.xla_mb()
+        rec["rss_mb"] = mem.delta_mb
+        if _on_gpu():
+            if name.startswith("torch"):
+                import torch
 
-            rec["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            rec["device_peak_mb"] = _jax_device_peak_mb()  # process-wide high-water mark
-    rec.update(runner.extra)
+                rec["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                torch.cuda.reset_peak_memory_stats()
+            else:
+                rec["device_peak_mb"] = _jax_device_peak_mb()  # process-wide high-water mark
+        rec.update(runner.extra)
+        if runner.forward is not None and not getattr(args, "no_forward", False):
+            stage = "forward timing"
+            fwd = time_steps(runner.forward, runner.sync, 2, args.reps, args.rep_seconds)
+            rec["fwd_step_s"] = fwd["step_s"]
+    except Exception as e:  # noqa: BLE001
+        rec = _error(rec, stage, e)
+        runner = None
+    _release_torch_memory(name)
     return rec, runner
 
 
@@ -671,55 +835,69 @@ def _step_s(rec: dict) -> float:
     return rec.get("step_s_interleaved", rec["step_s"])
 
 
-def run_shape(shape_name: str, args) -> dict:
+def _is_jrnn(impl: str) -> bool:
+    return impl.startswith("jrnn")
+
+
+def run_shape(shape_name: str, args, save: Callable[[dict], None] = lambda res: None) -> dict:
+    """Time every implementation on one shape, in the order of ``args.peers``
+    (``jrnn`` stands for its variants); ``save(partial result)`` after each one."""
     shape = SHAPES[shape_name]
     data = make_data(shape)
     impls: list[tuple[str, Callable[[], Runner]]] = []
-    if "jrnn" in args.peers:
-        for u in args.unroll:
-            impls.append((f"jrnn[u={u}]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
-        if args.autodiff:
-            u = args.unroll[0]
-            impls.append((f"jrnn[u={u},autodiff]",
-                          lambda u=u: jrnn_runner(shape, data, unroll=u, custom_vjp=False)))
-        if args.remat:
-            u = args.unroll[0]
-            impls.append((f"jrnn[u={u},remat]",
-                          lambda u=u: jrnn_runner(shape, data, unroll=u, remat=True)))
-        if args.bf16:
-            u = args.unroll[0]
-            impls.append((f"jrnn[u={u},bf16]",
-                          lambda u=u: jrnn_runner(shape, data, unroll=u, bf16=True)))
-    makers = {"flax": flax_runner, "equinox": equinox_runner, "torch": torch_runner}
+    makers = {"flax": flax_runner, "equinox": equinox_runner, "torch": torch_runner,
+              "torch-fp16": lambda shape, data: torch_runner(shape, data, half=True),
+              "jax-cudnn": jax_cudnn_runner,
+              "jrnn-pallas": lambda shape, data: jrnn_pallas_runner(shape, data,
+                                                                    unroll=args.unroll[0])}
     for peer in args.peers:
-        if peer == "torch" and args.torch_threads:
+        if peer == "jrnn":
+            for u in args.unroll:
+                impls.append((f"jrnn[u={u}]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
+            u = args.unroll[0]
+            if args.autodiff:
+                impls.append((f"jrnn[u={u},autodiff]",
+                              lambda u=u: jrnn_runner(shape, data, unroll=u, custom_vjp=False)))
+            if args.remat:
+                impls.append((f"jrnn[u={u},remat]",
+                              lambda u=u: jrnn_runner(shape, data, unroll=u, remat=True)))
+            if args.bf16:
+                impls.append((f"jrnn[u={u},bf16]",
+                              lambda u=u: jrnn_runner(shape, data, unroll=u, bf16=True)))
+        elif peer == "torch" and args.torch_threads:
             for n in args.torch_threads:
                 impls.append((f"torch[t={n}]", lambda n=n: torch_runner(shape, data, n)))
         elif peer in makers:
             impls.append((peer, lambda peer=peer: makers[peer](shape, data)))
 
+    out = {"shape": shape_name, **shape._asdict(), "rows": []}
     measured = []
     for name, make in impls:
         rec, runner = measure(name, make, shape, args)
         measured.append((rec, runner if args.interleave else None))
+        del runner
+        out["rows"].append(rec)
         _print_progress(shape_name, rec)
+        save(out)
     if args.interleave:
         interleave(measured, shape, args.reps)
-    rows = [rec for rec, _ in measured]
+    rows = out["rows"]
     del measured
-    peers = {r["impl"]: r for r in rows if "step_s" in r and not r["impl"].startswith("jrnn")}
+    peers = {r["impl"]: r for r in rows if "step_s" in r and not _is_jrnn(r["impl"])}
     for r in rows:
-        if r["impl"].startswith("jrnn") and "step_s" in r:
+        if _is_jrnn(r["impl"]) and "step_s" in r:
             r["ratio"] = {p: _step_s(pr) / _step_s(r) for p, pr in peers.items()}
-    out = {"shape": shape_name, **shape._asdict(), "rows": rows}
     if args.bf16:
         out["bf16_accuracy"] = bf16_accuracy(shape, data)
+    save(out)
     return out
 
 
 def _print_progress(shape_name: str, rec: dict) -> None:
     if "skipped" in rec:
         print(f"  {shape_name:15s} {rec['impl']:22s} skipped: {rec['skipped']}", flush=True)
+    elif "error" in rec:
+        print(f"  {shape_name:15s} {rec['impl']:22s} ERROR {rec['error']}", flush=True)
     else:
         print(f"  {shape_name:15s} {rec['impl']:22s} {rec['step_s'] * 1e3:9.2f} ms "
               f"{rec['tokens_per_s']:12,.0f} tok/s  compile {rec['compile_s']:.2f} s", flush=True)
@@ -731,7 +909,7 @@ def _fmt(x, spec):
 
 def print_table(results: list, peers: list, interleaved: bool = False) -> None:
     names = [r["impl"] for res in results for r in res["rows"] if "step_s" in r]
-    peer_cols = list(dict.fromkeys(n for n in names if not n.startswith("jrnn")))
+    peer_cols = list(dict.fromkeys(n for n in names if not _is_jrnn(n)))
     head = (f"{'shape':15s} {'impl':20s} {'tok/s':>11s} {'step ms':>9s} {'compile s':>9s} "
             f"{'xla MB':>8s} {'rss MB':>8s} " + " ".join(f"{'x' + p:>9s}" for p in peer_cols))
     print()
@@ -741,6 +919,9 @@ def print_table(results: list, peers: list, interleaved: bool = False) -> None:
         for r in res["rows"]:
             if "skipped" in r:
                 print(f"{res['shape']:15s} {r['impl']:20s} skipped: {r['skipped']}")
+                continue
+            if "error" in r:
+                print(f"{res['shape']:15s} {r['impl']:20s} err: {r['error'][:80]}")
                 continue
             ratios = " ".join(_fmt(r.get("ratio", {}).get(p), "9.2f") for p in peer_cols)
             print(f"{res['shape']:15s} {r['impl']:20s} {res['B'] * res['T'] / _step_s(r):11,.0f} "
@@ -758,20 +939,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default=None,
                    help="comma-separated shape names (default: a CPU or GPU set); see --list")
-    p.add_argument("--peers", default=",".join(PEERS), help=f"subset of {PEERS}")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"comma-separated, timed in this order: {PEERS} and the opt-in "
+                        f"{OPT_IN_PEERS}")
     p.add_argument("--unroll", default="1", help="jrnn scan unroll factors to measure, e.g. 1,2,4,8")
     p.add_argument("--remat", action="store_true", help="also time jrnn with jax.checkpoint'ed steps")
     p.add_argument("--bf16", action="store_true", help="also time jrnn with bf16 matmuls")
     p.add_argument("--autodiff", action="store_true",
                    help="also time jrnn with custom_vjp=False (plain autodiff, the [B*T, V] logits)")
     p.add_argument("--keep-host-memory", action="store_true",
-                   help="call jrnn.keep_host_memory() first: glibc keeps freed memory for reuse; "
+                   help="call keep_host_memory() first: glibc keeps freed memory for reuse; "
                         "it applies to the whole process, so to every implementation alike")
     p.add_argument("--torch-threads", default="",
                    help="PyTorch intra-op thread counts to measure, e.g. 2,1 (default: its own)")
     p.add_argument("--interleave", action="store_true",
                    help="after the one-by-one runs, time all implementations again round-robin "
                         "(fairer on a busy machine; the table then uses these times)")
+    p.add_argument("--no-forward", action="store_true",
+                   help="skip the forward-only timing of the rec shapes (PyTorch, jax-cudnn)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--rep-seconds", type=float, default=0.5)
@@ -788,26 +973,42 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown shapes {unknown}; see --list")
     args.peers = args.peers.split(",")
+    unknown = [q for q in args.peers if q not in PEERS + OPT_IN_PEERS]
+    if unknown:
+        p.error(f"unknown peers {unknown}; known: {PEERS + OPT_IN_PEERS}")
     args.unroll = [int(u) for u in args.unroll.split(",")]
     args.torch_threads = [int(n) for n in args.torch_threads.split(",") if n]
     host_memory = "glibc default"
     if args.keep_host_memory:
-        host_memory = "kept (jrnn.keep_host_memory)" if jrnn.keep_host_memory() else "not applicable"
+        from jrnn.training.runtime import keep_host_memory  # only when asked: it changes the allocator
+
+        host_memory = "kept (keep_host_memory)" if keep_host_memory() else "not applicable"
     info = {"machine": machine(), "versions": versions(), "argv": sys.argv,
             "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "settings": {"lr": LR, "clip": CLIP, "warmup": args.warmup, "reps": args.reps,
                          "rep_seconds": args.rep_seconds, "host_memory": host_memory}}
     print(json.dumps(info["machine"]), json.dumps(info["versions"]), f"host memory: {host_memory}",
           sep="\n", flush=True)
-    results = [run_shape(s, args) for s in shapes]
+    out = Path(args.out) if args.out else OUT_DIR / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list = []
+
+    def save(partial: Optional[dict] = None, complete: bool = False) -> None:
+        # Rewritten after every implementation, so a run cut off by a time
+        # limit keeps what it measured.
+        done = results + ([partial] if partial is not None else [])
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({**info, "complete": complete, "results": done}, indent=1))
+        os.replace(tmp, out)
+
+    for s in shapes:
+        results.append(run_shape(s, args, save))
     try:
         info["machine"]["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
     print_table(results, args.peers, args.interleave)
-    out = Path(args.out) if args.out else OUT_DIR / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**info, "results": results}, indent=1))
+    save(complete=True)
     print(f"wrote {out}")
     return 0
 

@@ -57,10 +57,15 @@ RULES: tuple[Rule, ...] = (
         "2-core CPU, Zaremba-small step: unroll 1/2/4/8 within 7 % of each other with the "
         "hand-written backward passes, compile time growing with the factor "
         "(benchmarks/RESULTS.md, 'unroll' sweep); 1 is the cheapest to compile")),
+    Rule("gpu", "*", "*", Choice(
+        "scan", 8,
+        "H100, jax 0.11: unroll 8 beat 1 on every shape measured (zaremba-small 514k vs 384k "
+        "tok/s, tanh B64 T1024 H256 7.7 vs 13.6 ms, LSTM B16 T1024 H768 18.2 vs 23.9 ms) and "
+        "the hand-written backward pass beat autodiff (benchmarks/RESULTS.md, 'GPU: one H100')")),
     Rule("*", "*", "*", Choice(
         "scan", 8,
-        "GPU/TPU: not yet measured in this repository; 8 is the factor of the H200 "
-        "figures quoted in the GPU issue (latency-bound recurrence, XLA fuses across steps)")),
+        "TPU: not measured in this repository; the GPU's factor (latency-bound recurrence, "
+        "XLA fuses across steps)")),
 )
 
 
