@@ -41,7 +41,7 @@ import optax
 from jrnn.core.cells import Cell, make_cell
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 from jrnn.core.unroll import unroll
-from jrnn.core.validation import check_sequence, check_tokens, positive_int
+from jrnn.core.validation import check_clip_norm, check_sequence, check_tokens, positive_int
 from jrnn.models.losses import sequence_loss
 
 Array = jax.Array
@@ -757,8 +757,7 @@ def watch_training(
       >>> print(trace.first_nonfinite)
       step 2: non-finite loss; non-finite gradient of ['w']
     """
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+    clip_norm = check_clip_norm(clip_norm)
     tx = optimizer if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
     names = _leaf_names(params)
 

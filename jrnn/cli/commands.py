@@ -124,12 +124,9 @@ class _Progress:
 # ---- commands -----------------------------------------------------------------
 
 def cmd_train(args) -> int:
-
-
     if not args.release_host_memory and jax.default_backend() == "cpu":
         keep_host_memory()  # faster steps on a CPU (jrnn/training/runtime.py)
     if args.coordinator or args.num_processes:
-
         distributed.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
     out = args.out
     last_path, best_path = os.path.join(out, "last.ckpt"), os.path.join(out, "best.ckpt")
@@ -175,7 +172,6 @@ def cmd_train(args) -> int:
           f"| batch {cfg['batch_size']} bptt {cfg['bptt']} | {jax.default_backend()}", file=sys.stderr)
 
     if args.data_parallel:
-
         if args.fused_epoch:
             _fail("--fused-epoch and --data-parallel cannot be combined yet; drop one")
         mesh = distributed.make_mesh()
@@ -291,7 +287,6 @@ def cmd_train(args) -> int:
 def load_for_use(path: str):
     """Model, params, vocabulary and metadata from a checkpoint."""
 
-
     meta, raw = ckpt.load_raw(path)
     try:
         vocab = Vocabulary.from_dict(meta["vocab"])
@@ -307,8 +302,6 @@ def load_for_use(path: str):
 
 
 def cmd_eval(args) -> int:
-
-
     if jax.default_backend() == "cpu":
         keep_host_memory()
 
@@ -339,8 +332,6 @@ def _warn_unknown(vocab, texts: Sequence[str]) -> None:
 
 
 def cmd_score(args) -> int:
-
-
     model, params, vocab, _ = load_for_use(args.checkpoint)
     if vocab.level != "word":
         _fail("score needs a word-level checkpoint")
@@ -365,8 +356,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_next(args) -> int:
-
-
     model, params, vocab, _ = load_for_use(args.checkpoint)
     if args.top <= 0:
         _fail(f"--top must be positive, got {args.top}")

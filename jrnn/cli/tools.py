@@ -45,7 +45,6 @@ DEFAULT_LENGTHS = {
 class UserError(Exception):
     """Bad input from the user: one line, exit code 2."""
 
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UserError(f"{self.prog.split()[-1]}: {message}")
@@ -134,8 +133,6 @@ def _fmt(x: float) -> str:
 
 
 def _diagnose_cells(args, names, out_dir) -> dict:
-
-
     T, B, D, H = args.length, args.batch_size, args.input_size, args.hidden_size
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
     key = jax.random.PRNGKey(args.seed)
@@ -202,7 +199,6 @@ def _diagnose_cells(args, names, out_dir) -> dict:
 def _training_demo(args, out_dir) -> dict:
     """A tanh RNN LM with large recurrent weights, trained with and without clipping."""
 
-
     corpus = D.builtin_corpus(2000, seed=args.seed)
     V = len(corpus.vocab)
     streams = D.batchify(corpus.train, 16)
@@ -230,8 +226,6 @@ def _training_demo(args, out_dir) -> dict:
 
 
 def _diagnose_checkpoint(args, out_dir) -> dict:
-
-
     model, params, vocab, meta = load_for_use(args.checkpoint)
     if not hasattr(model.config, "num_layers"):
         raise UserError(f"{args.checkpoint}: diagnose needs an RNN LM, not an NNLM")
@@ -282,12 +276,10 @@ def _diagnose(argv) -> int:
         raise UserError(f"--decay-samples must be at least 8, got {args.decay_samples}")
     names = _cells(args.cells)
     if args.checkpoint is None and args.dtype == "float64":
-
         jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
     if args.checkpoint is not None:
-
         try:
             result = _diagnose_checkpoint(args, args.out)
         except (CheckpointError, DataError) as e:

@@ -29,6 +29,7 @@ __all__ = [
     "check_lengths",
     "check_sequence",
     "check_rate",
+    "check_clip_norm",
 ]
 
 
@@ -62,6 +63,23 @@ def check_rate(name: str, value: float) -> float:
     if not 0.0 <= value < 1.0:  # also False for NaN
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return value
+
+
+def check_clip_norm(value) -> Optional[float]:
+    """A gradient-clipping threshold: ``None`` (no clipping) or a positive finite number.
+
+    Example:
+      >>> check_clip_norm(float("nan"))
+      Traceback (most recent call last):
+      ...
+      ValueError: clip_norm must be positive and finite, or None; got nan
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not (value > 0 and np.isfinite(value)):
+        raise ValueError(f"clip_norm must be positive and finite, or None; got {value!r}")
+    return float(value)
 
 
 def is_concrete(x) -> bool:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jrnn.core.validation import check_clip_norm
 from jrnn.models.lm import LanguageModel
 from jrnn.models.losses import sequence_loss
 
@@ -92,8 +92,7 @@ def make_train_step(
       >>> sorted(m)
       ['finite', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
     """
-    if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
-        raise ValueError(f"clip_norm must be positive and finite, or None; got {clip_norm}")
+    clip_norm = check_clip_norm(clip_norm)
     # The clipping is the first link of an optax chain.  Its state is empty, so
     # the TrainState keeps only ``optimizer``'s state (as init_train_state made
     # it) and the chain's state is assembled from the two inits each step.
