@@ -264,7 +264,7 @@ def load_corpus(path: str, *, level: str = "word", **kwargs) -> Corpus:
         return load_text_file(path, level=level, **kwargs)
     raise DataError(
         f"{path}: no such file or directory; give a PTB-style directory "
-        "(e.g. ../shared/data/ptb) or a UTF-8 text file"
+        "(*.train.txt, *.valid.txt, *.test.txt) or a UTF-8 text file"
     )
 
 

@@ -129,7 +129,7 @@ def test_user_errors_are_one_line(ptb, trained, tmp_path, capsys):
     assert main(["score", "a car", "--checkpoint", str(corrupt)]) == 2
     assert "corrupt" in _err(capsys)
     assert main(["train", "--data", ptb, "--hidden-size", "0", "--out", str(tmp_path / "o")]) == 2
-    assert "--hidden-size must be positive" in _err(capsys)
+    assert "--hidden-size must be a positive int" in _err(capsys)
     assert main(["generate", "--temperature", "0", "--checkpoint", trained]) == 2
     assert "--temperature" in _err(capsys)
 

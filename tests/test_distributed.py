@@ -57,8 +57,8 @@ SCRIPT = textwrap.dedent(
             g1 = jax.tree_util.tree_map(lambda a, b: a - b, s1.params, n1.params)
             g4 = jax.tree_util.tree_map(lambda a, b: a - b, s4.params, n4.params)
             res.append({
-                "metrics1": {k: float(v) for k, v in m1.items()},
-                "metrics4": {k: float(v) for k, v in m4.items()},
+                "metrics1": {k: float(v) for k, v in m1.items() if k != "finite_leaves"},
+                "metrics4": {k: float(v) for k, v in m4.items() if k != "finite_leaves"},
                 "grads1": flat(g1), "grads4": flat(g4),
                 "carry1": flat(c1), "carry4": flat(c4),
                 "carry_spec": [tuple(leaf.sharding.spec) for leaf in jax.tree_util.tree_leaves(c4)],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 from typing import Optional, Sequence
 
 from jrnn.cli.options import DEFAULTS, PRESETS, UserError
@@ -32,11 +33,21 @@ def _unroll_arg(text: str):
     return value
 
 
+CHECKPOINT_HELP = ("a checkpoint file, a run directory, or a folder with a `latest` pointer "
+                   "(default runs: the latest run)")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("jrnn")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="jrnn", description="Train, evaluate and use RNN language models.",
-        epilog="Also: `jrnn diagnose --help` (gradient flow, information decay) and "
-               "`jrnn tasks --help` (adding, copy-memory and agreement task sweeps).")
+        prog="jrnn", description="Train, evaluate and use RNN language models.")
+    p.add_argument("--version", action="version", version=f"jrnn {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a language model")
@@ -47,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--level", choices=["word", "char"], default=None,
                    help="word (default for directories) or char (default for single files)")
     t.add_argument("--max-vocab", type=int, default=None)
-    t.add_argument("--min-freq", type=int, default=1)
+    t.add_argument("--min-freq", type=int, default=None, help="drop rarer words (default 1)")
     t.add_argument("--preset", choices=sorted(PRESETS))
     t.add_argument("--cell", choices=["linear", "elman", "lstm", "gru", "nnlm"])
     t.add_argument("--activation", choices=["tanh", "sigmoid", "relu", "identity"])
@@ -78,8 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--num-processes", type=int)
     t.add_argument("--process-id", type=int)
     t.add_argument("--seed", type=int)
-    t.add_argument("--out", default="runs/latest", help="checkpoint directory (default runs/latest)")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--out", default=None,
+                   help="the run directory (default: a new runs/<n>, with runs/latest pointing "
+                        "at it); an existing run is never replaced without --overwrite")
+    t.add_argument("--runs", default="runs", help="where new run directories go (default runs)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: the latest run)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--on-nonfinite", choices=["stop", "skip"], default="stop",
+                   help="at a NaN/inf loss or gradient: stop with exit code 3 (default), or skip "
+                        "that update and count it")
     t.add_argument("--max-windows", type=int, default=None,
                    help="stop each epoch after this many windows (quick trials)")
     t.add_argument("--save-every", type=float, default=300.0,
@@ -94,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the end of the epoch)")
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint")
-    e.add_argument("--checkpoint", default="runs/latest")
+    e.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--file", help="a text file to evaluate instead of a split")
     e.add_argument("--data", help="the corpus (default: the one the checkpoint was trained on)")
@@ -103,19 +122,24 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="log-probability of sentences, best first")
     s.add_argument("sentences", nargs="+")
-    s.add_argument("--checkpoint", default="runs/latest")
+    s.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
 
     n = sub.add_parser("next", help="the next-word distribution after a context")
     n.add_argument("context")
     n.add_argument("--top", type=int, default=10)
-    n.add_argument("--checkpoint", default="runs/latest")
+    n.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
 
     g = sub.add_parser("generate", help="sample text")
     g.add_argument("--words", type=int, default=100, help="tokens to sample")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompt", default="")
-    g.add_argument("--checkpoint", default="runs/latest")
+    g.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
+    # Listed for --help; their own parsers run before this one (see main).
+    sub.add_parser("diagnose", help="gradient flow and information decay figures "
+                                    "(jrnn diagnose --help)")
+    sub.add_parser("tasks", help="adding, copy-memory and agreement task sweeps "
+                                 "(jrnn tasks --help)")
     return p
 
 
@@ -133,6 +157,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return commands.COMMANDS[args.command](args)
+    except commands.NONFINITE as e:
+        print(f"jrnn: error: {e}", file=sys.stderr)
+        return 3
     except commands.USER_ERRORS as e:
         print(f"jrnn: error: {e}", file=sys.stderr)
         return 2

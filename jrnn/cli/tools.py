@@ -50,6 +50,28 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog.split()[-1]}: {message}")
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (NaN and infinities refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -110,9 +132,9 @@ def _diagnose_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=None,
                    help="sequence length T (default 100; 35 with --checkpoint)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences the norms are averaged over")
-    p.add_argument("--init-scale", type=float, default=None,
+    p.add_argument("--init-scale", type=_positive_float, default=None,
                    help="weights ~ U(-s, s) (default 1/sqrt(H), as PyTorch)")
-    p.add_argument("--forget-bias", type=float, default=1.0, help="LSTM forget-gate bias at init")
+    p.add_argument("--forget-bias", type=_finite_float, default=1.0, help="LSTM forget-gate bias at init")
     p.add_argument("--method", choices=["exact", "estimate"], default="exact",
                    help="Jacobian norms: exact spectral norms, or the cheap probe estimate")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
@@ -335,8 +357,8 @@ def _tasks_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500, help="budget of Adam steps per run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--hidden-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
-    p.add_argument("--clip", type=float, default=1.0, help="clip_by_global_norm")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate")
+    p.add_argument("--clip", type=_positive_float, default=1.0, help="clip_by_global_norm")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-size", type=int, default=1000)
     p.add_argument("--seeds", default="0", help="comma-separated seeds; a length is solved if any seed solves it")

@@ -1,11 +1,17 @@
 """Checkpoints: one msgpack file (flax serialization), written atomically.
 
 A checkpoint holds the training state (params, optimizer state, step, PRNG
-key) and a JSON header with the model config, the vocabulary and whatever
-the caller adds (epoch, best validation perplexity, data path...).  It is
-written to a temporary file in the same directory, flushed to disk and
-renamed over the old one, so a crash mid-save leaves the previous checkpoint
-intact.
+key), optionally the recurrent carry at the window where it was taken (so a
+run resumed mid-epoch continues exactly as the uninterrupted one), and a JSON
+header with the training config, the vocabulary and whatever the caller adds
+(epoch, window, best validation perplexity, history...).  It is written to a
+temporary file in the same directory, flushed to disk and renamed over the
+old one, so a crash mid-save leaves the previous checkpoint intact; the file
+gets the usual ``0644`` permissions (less what the umask removes).
+
+Formats: ``jrnn-checkpoint-v2`` (this release: carry, ``config``) and
+``jrnn-checkpoint-v1`` (the first release), which still loads for
+evaluation and scoring.
 """
 
 from __future__ import annotations
@@ -19,22 +25,32 @@ import jax
 import numpy as np
 from flax import serialization
 
-__all__ = ["CheckpointError", "save", "load_raw", "restore_into", "FORMAT"]
+__all__ = ["CheckpointError", "save", "load_raw", "load_carry", "restore_into", "FORMAT",
+           "FORMATS"]
 
-FORMAT = "jrnn-checkpoint-v1"
+FORMAT = "jrnn-checkpoint-v2"
+FORMATS = ("jrnn-checkpoint-v1", FORMAT)  # what load_raw reads
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or does not fit the model."""
 
 
-def save(path: str, state: Any, meta: dict) -> None:
-    """Write ``state`` (any pytree of arrays) and ``meta`` (JSON-able) to ``path`` atomically."""
+def save(path: str, state: Any, meta: dict, carry: Any = None) -> None:
+    """Write ``state`` (a pytree of arrays), ``carry`` and ``meta`` (JSON-able) to ``path`` atomically."""
     header = json.dumps({"format": FORMAT, **meta})
     payload = {
         "header": header,
         "state": serialization.to_state_dict(jax.device_get(state)),
     }
+    if carry is not None:
+        payload["carry"] = serialization.to_state_dict(jax.device_get(carry))
     data = serialization.msgpack_serialize(payload)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -44,6 +60,7 @@ def save(path: str, state: Any, meta: dict) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -65,9 +82,23 @@ def load_raw(path: str) -> tuple[dict, dict]:
         state = payload["state"]
     except Exception:
         raise CheckpointError(f"{path}: corrupt or not a jrnn checkpoint") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: header is a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") not in FORMATS:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r} "
+                              f"(this jrnn reads {', '.join(FORMATS)})")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: corrupt or not a jrnn checkpoint (no state)")
+    meta["_carry"] = payload.get("carry")
     return meta, state
+
+
+def load_carry(meta: dict, template: Any, path: str = "checkpoint") -> Any:
+    """The carry saved with a checkpoint, shaped like ``template`` (``None`` if none was saved)."""
+    saved = meta.get("_carry")
+    if saved is None:
+        return None
+    return restore_into(template, saved, path)
 
 
 def restore_into(template: Any, state_dict: dict, path: str = "checkpoint") -> Any:
@@ -83,10 +114,14 @@ def restore_into(template: Any, state_dict: dict, path: str = "checkpoint") -> A
     t_leaves = jax.tree_util.tree_leaves_with_path(template)
     r_leaves = jax.tree_util.tree_leaves(restored)
     for (kp, t), r in zip(t_leaves, r_leaves):
+        name = jax.tree_util.keystr(kp)
         if np.shape(t) != np.shape(r):
-            name = jax.tree_util.keystr(kp)
             raise CheckpointError(
                 f"{path}: {name} has shape {np.shape(r)} but the model needs {np.shape(t)} "
                 "(a checkpoint of another vocabulary or model size)"
             )
+        t_kind, r_kind = np.asarray(t).dtype.kind, np.asarray(r).dtype.kind
+        if t_kind == "f" and r_kind != "f":
+            raise CheckpointError(f"{path}: {name} holds {np.asarray(r).dtype} values where the "
+                                  "model needs floating point")
     return restored

@@ -75,7 +75,8 @@ def make_train_step(
     ``metrics``: ``loss`` (the objective), ``token_nll`` (mean per-token
     cross-entropy; ``exp`` of it is perplexity), ``num_tokens``,
     ``grad_norm`` (global norm *before* clipping), ``finite`` (loss and every
-    gradient finite) and ``skipped`` (the update was dropped because of a
+    gradient finite), ``finite_leaves`` (``bool[L]``: each parameter leaf's
+    gradient finite, in ``jax.tree_util.tree_leaves`` order) and ``skipped`` (the update was dropped because of a
     non-finite value; only with ``skip_nonfinite``).
 
     The step is ``jax.jit``-compiled with the state and carry buffers donated
@@ -90,7 +91,7 @@ def make_train_step(
       >>> x = jnp.arange(12).reshape(2, 6) % 20
       >>> state, carry, m = step(state, x, (x + 1) % 20)
       >>> sorted(m)
-      ['finite', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
+      ['finite', 'finite_leaves', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
     """
     clip_norm = check_clip_norm(clip_norm)
     # The clipping is the first link of an optax chain.  Its state is empty, so
@@ -112,7 +113,9 @@ def make_train_step(
             state.params, inputs, targets, carry, mask, dropout_key
         )
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & all_finite(grads)
+        # One flag per parameter leaf, so a non-finite step can name what broke.
+        finite_leaves = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        finite = jnp.isfinite(loss) & jnp.all(finite_leaves)
         if clip is None:
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
         else:
@@ -132,6 +135,7 @@ def make_train_step(
             "num_tokens": aux.num_tokens,
             "grad_norm": grad_norm,
             "finite": finite,
+            "finite_leaves": finite_leaves,
             "skipped": skipped,
         }
         new_state = TrainState(params, opt_state, state.step + 1, key)

@@ -1,0 +1,93 @@
+"""Run directories: a new one per run, a ``latest`` pointer, and never a run overwritten.
+
+Layout under a root (``runs/`` by default)::
+
+    runs/1/  runs/2/ ...   one directory per run: best.ckpt, last.ckpt, summary.json
+    runs/latest            a small text file naming the newest run directory
+
+``latest`` is a plain file written atomically (temporary file + rename), not
+a symlink, so it works on every file system and a crash never leaves it half
+written.  Two runs started at once get different directories: each is taken
+with ``os.mkdir``, which fails for the second.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from typing import Optional
+
+__all__ = [
+    "RUN_FILES",
+    "holds_run",
+    "new_run_dir",
+    "write_latest",
+    "read_latest",
+    "resolve_run",
+    "remove_stale_temporaries",
+]
+
+# Files whose presence means a directory holds a run.
+RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json")
+
+
+def holds_run(path: str) -> bool:
+    """Whether ``path`` is a directory holding a run's files."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def new_run_dir(root: str) -> str:
+    """Create and return ``root/<n>`` for the smallest free ``n`` above every existing one."""
+    os.makedirs(root, exist_ok=True)
+    taken = [int(d) for d in os.listdir(root) if d.isdigit()]
+    n = max(taken, default=0) + 1
+    while True:
+        path = os.path.join(root, str(n))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:  # another run took it a moment ago
+            n += 1
+
+
+def write_latest(root: str, run_dir: str) -> None:
+    """Point ``root/latest`` at ``run_dir`` (atomically)."""
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".latest.", suffix=".tmp", dir=root)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.path.relpath(run_dir, root) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, os.path.join(root, "latest"))
+
+
+def read_latest(root: str) -> Optional[str]:
+    """The run directory ``root/latest`` names, or ``None`` when there is no pointer."""
+    pointer = os.path.join(root, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    return os.path.join(root, name) if name else None
+
+
+def resolve_run(path: str) -> str:
+    """``path`` itself, or the run a ``latest`` pointer file (or a root holding one) names."""
+    if os.path.isfile(path) and os.path.basename(path) == "latest":
+        return read_latest(os.path.dirname(path) or ".") or path
+    if os.path.isdir(path) and not holds_run(path):
+        target = read_latest(path)
+        if target is not None:
+            return target
+    return path
+
+
+def remove_stale_temporaries(run_dir: str) -> list[str]:
+    """Delete temporary checkpoint files a killed save left behind; return their names."""
+    stale = glob.glob(os.path.join(glob.escape(run_dir), "*.ckpt.*.tmp"))
+    for path in stale:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return stale
