@@ -106,8 +106,8 @@ def test_bidirectional_equals_two_unrolls_per_layer(kind, layers, proj):
     cells, params = _pairs(kind, layers, proj_size=proj)
     xs = random_inputs(6, T, B, D)
     for lengths in ((None, LENGTHS) if layers < 3 else (LENGTHS,)):
-        got = jrnn.bidirectional(cells, params, xs, lengths=lengths, method="scan")
-        want = _by_hand(cells, params, xs, lengths)
+        got = jax.jit(lambda p: jrnn.bidirectional(cells, p, xs, lengths=lengths, method="scan"))(params)
+        want = jax.jit(lambda p: _by_hand(cells, p, xs, lengths))(params)
         chex.assert_trees_all_close(got, want, atol=1e-12, rtol=1e-12)
         out = cells[0][0].hidden_size
         assert got[1].shape == (T, B, 2 * out)
@@ -117,9 +117,9 @@ def test_bidirectional_equals_two_unrolls_per_layer(kind, layers, proj):
         return
     # gradients too, and batch-major inputs with an initial carry
     carry0 = jax.tree_util.tree_map(lambda x: x + 0.1, got[0])
-    loss = lambda ps, f: jnp.sum(f(ps)[1] ** 2)
-    g = jax.grad(loss)(params, lambda ps: jrnn.bidirectional(cells, ps, xs, carry0, lengths=LENGTHS))
-    w = jax.grad(loss)(params, lambda ps: _by_hand(cells, ps, xs, LENGTHS, carry0))
+    loss = lambda f: jax.jit(jax.grad(lambda ps: jnp.sum(f(ps)[1] ** 2)))
+    g = loss(lambda ps: jrnn.bidirectional(cells, ps, xs, carry0, lengths=LENGTHS))(params)
+    w = loss(lambda ps: _by_hand(cells, ps, xs, LENGTHS, carry0))(params)
     chex.assert_trees_all_close(g, w, atol=1e-12, rtol=1e-10)
     bm = jrnn.bidirectional(cells, params, jnp.swapaxes(xs, 0, 1), carry0, time_major=False)
     chex.assert_trees_all_close(jnp.swapaxes(bm[1], 0, 1), _by_hand(cells, params, xs, None, carry0)[1],
