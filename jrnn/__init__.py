@@ -36,7 +36,7 @@ from jrnn.core.cells import CELL_KINDS, Cell, elman, gru, linear, lstm, make_cel
 from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import reverse_within_lengths
-from jrnn.core.unroll import unroll
+from jrnn.core.unroll import bidirectional, unroll
 from jrnn.models.lm import LanguageModel, LMConfig, NNLMConfig, nnlm, rnn_lm
 from jrnn.models.losses import (
     LossAux,
@@ -119,6 +119,7 @@ __all__ = [
     "NNLMConfig",
     "TrainState",
     "all_finite",
+    "bidirectional",
     "diagnostics",
     "distributed",
     "elman",

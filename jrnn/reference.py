@@ -11,6 +11,10 @@ Parameters use jrnn's layout (``W``, ``W_h``, ``b`` and, for the GRU,
 ``b_h``; row vectors, ``x @ W``).  ``kind`` is ``"linear"``, ``"elman"``,
 ``"lstm"`` or ``"gru"``; Elman cells take ``activation`` in
 ``identity/tanh/sigmoid/relu``.
+
+An LSTM whose params hold ``W_hr: [H, P]`` is the LSTM with projections
+(LSTMP, PyTorch's ``proj_size``): ``h_t = (o * tanh c_t) @ W_hr``, so ``h``
+is ``P`` wide while ``c`` and the gates stay ``H`` wide.
 """
 
 from __future__ import annotations
@@ -47,19 +51,26 @@ def _activation(kind, activation):
     return _ACT["identity" if kind == "linear" else activation]
 
 
+def _cell_width(kind, p):
+    """H, the width of each gate block (and of the LSTM's ``c``)."""
+    gates = {"lstm": 4, "gru": 3}.get(kind, 1)
+    return p["W_h"].shape[1] // gates
+
+
 def _step(kind, p, x, h, c, act):
     """One timestep for one sequence or a batch. Returns (h, c, cache)."""
     if kind in ("linear", "elman"):
         h_new = act(x @ p["W"] + h @ p["W_h"] + p["b"])
         return h_new, None, None
-    H = p["W_h"].shape[0]
+    H = _cell_width(kind, p)
     if kind == "lstm":
         z = x @ p["W"] + h @ p["W_h"] + p["b"]
         i, f = sigmoid(z[..., :H]), sigmoid(z[..., H : 2 * H])
         g, o = np.tanh(z[..., 2 * H : 3 * H]), sigmoid(z[..., 3 * H :])
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
-        return h_new, c_new, (i, f, g, o, c_new)
+        m = o * np.tanh(c_new)
+        h_new = m @ p["W_hr"] if "W_hr" in p else m  # LSTMP: project h down to P
+        return h_new, c_new, (i, f, g, o, c_new, m)
     if kind == "gru":
         a = x @ p["W"] + p["b"]
         u = h @ p["W_h"] + p["b_h"]
@@ -83,14 +94,14 @@ def cell_forward(kind, params, xs, h0=None, c0=None, *, activation="tanh",
     p = _f64(params)
     xs = np.asarray(xs, np.float64)
     T, B, _ = xs.shape
-    H = p["W_h"].shape[0]
+    H, C = p["W_h"].shape[0], _cell_width(kind, p)  # widths of h and of c
     act = _activation(kind, activation)[0]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     hs = np.zeros((T, B, H))
-    h_final, c_final = np.zeros((B, H)), np.zeros((B, H))
+    h_final, c_final = np.zeros((B, H)), np.zeros((B, C))
     for b in range(B):
         h = np.zeros(H) if h0 is None else np.asarray(h0, np.float64)[b]
-        c = np.zeros(H) if c0 is None else np.asarray(c0, np.float64)[b]
+        c = np.zeros(C) if c0 is None else np.asarray(c0, np.float64)[b]
         order = range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])
         for t in order:
             h, c_next, _ = _step(kind, p, xs[t, b], h, c, act)
@@ -103,8 +114,7 @@ def cell_forward(kind, params, xs, h0=None, c0=None, *, activation="tanh",
 def _forward_cached(kind, p, xs, act):
     """Batched forward over all T steps, keeping what the backward pass needs."""
     T, B, _ = xs.shape
-    H = p["W_h"].shape[0]
-    h, c = np.zeros((B, H)), np.zeros((B, H))
+    h, c = np.zeros((B, p["W_h"].shape[0])), np.zeros((B, _cell_width(kind, p)))
     hs, cs, caches = [h], [c], []
     for t in range(T):
         h, c_next, cache = _step(kind, p, xs[t], h, c, act)
@@ -129,10 +139,10 @@ def cell_backward(kind, params, xs, dhs, *, activation="tanh"):
     act, dact = _activation(kind, activation)
     hs, cs, caches = _forward_cached(kind, p, xs, act)
     T, B, _ = xs.shape
-    H = p["W_h"].shape[0]
+    H = _cell_width(kind, p)
     grads = {k: np.zeros_like(v) for k, v in p.items()}
     dxs = np.zeros_like(xs)
-    dh_next = np.zeros((B, H))  # gradient arriving from timestep t + 1
+    dh_next = np.zeros((B, p["W_h"].shape[0]))  # gradient arriving from timestep t + 1
     dc_next = np.zeros((B, H))  # LSTM: gradient arriving through the memory cell
     for t in reversed(range(T)):
         dh = dhs[t] + dh_next  # its own output + the future, as in the lecture
@@ -145,7 +155,10 @@ def cell_backward(kind, params, xs, dhs, *, activation="tanh"):
             dxs[t] = dz @ p["W"].T
             dh_next = dz @ p["W_h"].T
         elif kind == "lstm":
-            i, f, g, o, c = caches[t]
+            i, f, g, o, c, m = caches[t]
+            if "W_hr" in p:  # LSTMP: h = m @ W_hr, so W_hr sees m and m gets dh @ W_hr.T
+                grads["W_hr"] += m.T @ dh
+                dh = dh @ p["W_hr"].T
             tc = np.tanh(c)
             do = dh * tc
             dc = dh * o * (1.0 - tc**2) + dc_next

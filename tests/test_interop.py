@@ -140,10 +140,8 @@ def test_dtype_argument():
 def test_errors_are_clear():
     with pytest.raises(TypeError, match="torch.nn.RNN"):
         interop.from_torch(torch.nn.Linear(3, 4))
-    with pytest.raises(ValueError, match="bidirectional"):
-        interop.from_torch(torch.nn.GRU(3, 4, bidirectional=True))
-    with pytest.raises(ValueError, match="proj_size"):
-        interop.from_torch(torch.nn.LSTM(3, 4, proj_size=2))
+    # bidirectional and proj_size convert now (tests/test_interop_bidirectional.py)
+    assert interop.from_torch(torch.nn.LSTM(3, 4, proj_size=2))[0][0].cell_size == 4
     lin = jrnn.linear(4)
     with pytest.raises(ValueError, match="no module"):
         interop.to_torch(lin.init(jax.random.PRNGKey(0), 3), lin)

@@ -28,7 +28,12 @@ What a cell *is* lives in typed fields, never in strings to parse:
 ``kind`` is the family (``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``,
 ``"diagonal"``), ``activation`` the named activation of a linear or Elman
 cell (``None`` for gated cells and custom callables), and ``remat`` whether
-the step is rematerialized.  Wrapping a cell (:func:`remat`) keeps its kind,
+the step is rematerialized.  ``hidden_size`` is always the width of the
+hidden state ``h`` and of the outputs (what the next layer reads);
+``cell_size`` is set only for an LSTM with projections
+(``jrnn.lstm(H, proj_size=P)``): it is then ``H``, the width of the memory
+cell ``c`` and of each gate block, while ``hidden_size`` is ``P``.  For every
+other cell the gate blocks are ``hidden_size`` wide (:func:`gate_size`).  Wrapping a cell (:func:`remat`) keeps its kind,
 so every consumer (parallel scans, the PyTorch exchange, the Jacobian bound)
 still accepts it.
 
@@ -63,6 +68,7 @@ __all__ = [
     "make_cell",
     "remat",
     "sequence_for",
+    "gate_size",
     "ACTIVATIONS",
     "CELL_KINDS",
 ]
@@ -83,9 +89,21 @@ class Cell(NamedTuple):
     activation: Optional[str] = None
     sequence_step: Optional[Callable] = None
     remat: bool = False
+    cell_size: Optional[int] = None
 
 
 CELL_KINDS = ("linear", "elman", "lstm", "gru")
+
+
+def gate_size(cell: Cell) -> int:
+    """The width of each gate block: ``cell.cell_size`` if set (LSTMP), else ``cell.hidden_size``.
+
+    Example:
+      >>> import jrnn
+      >>> gate_size(jrnn.lstm(8)), gate_size(jrnn.lstm(8, proj_size=3)), jrnn.lstm(8, proj_size=3).hidden_size
+      (8, 8, 3)
+    """
+    return cell.hidden_size if cell.cell_size is None else cell.cell_size
 
 
 def sequence_for(cell: Cell) -> Optional[Callable]:
@@ -252,6 +270,7 @@ def lstm(
     *,
     forget_bias: float = 0.0,
     init_scale: float | None = None,
+    proj_size: int | None = None,
 ) -> Cell:
     r"""Long short-term memory cell, gate order (i, f, g, o) as in PyTorch.
 
@@ -267,6 +286,16 @@ def lstm(
     so ``torch.nn.LSTM`` weights load as ``W = weight_ih.T``,
     ``W_h = weight_hh.T``, ``b = bias_ih + bias_hh``.
 
+    **Projections** (LSTMP, PyTorch's ``proj_size``): with ``proj_size=P``
+    the output is projected down, :math:`h_t = (o \odot \tanh c_t) W_{hr}`
+    with ``W_hr: [H, P]`` (``weight_hr.T`` of PyTorch).  Then ``h`` and the
+    outputs are ``P`` wide, ``c`` stays ``H`` wide, ``W_h: [P, 4H]``; the
+    returned cell has ``hidden_size == P`` (the output width, which stacks
+    and models read) and ``cell_size == H``.  Such a cell has no
+    hand-written backward pass (``cell.sequence is None``):
+    :func:`jrnn.unroll` differentiates its scan with autodiff.
+    ``proj_size=None`` or ``0`` gives the plain LSTM.
+
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
       >>> cell = jrnn.lstm(6, forget_bias=1.0)
@@ -274,21 +303,35 @@ def lstm(
       >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((4, 2, 3)))
       >>> hs.shape, carry.c.shape
       ((4, 2, 6), (2, 6))
+      >>> cellp = jrnn.lstm(6, proj_size=2)
+      >>> paramsp = cellp.init(jax.random.PRNGKey(0), input_size=3)
+      >>> {k: v.shape for k, v in sorted(paramsp.items())}
+      {'W': (3, 24), 'W_h': (2, 24), 'W_hr': (6, 2), 'b': (24,)}
+      >>> carry, hs = jrnn.unroll(cellp, paramsp, jnp.ones((4, 2, 3)))
+      >>> hs.shape, carry.h.shape, carry.c.shape, cellp.hidden_size, cellp.cell_size
+      ((4, 2, 2), (2, 2), (2, 6), 2, 6)
     """
     positive_int("hidden_size", hidden_size)
     H = hidden_size
+    P = None if not proj_size else positive_int("proj_size", proj_size)
+    R = H if P is None else P  # the width of h: what W_h reads and the cell outputs
     base_init = _uniform_init(4, H, init_scale, with_b_h=False)
+    scale = 1.0 / H**0.5 if init_scale is None else float(init_scale)
 
     def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
-        params = base_init(key, input_size, dtype)
+        k_base, k_h, k_hr = jax.random.split(key, 3)
+        params = base_init(key if P is None else k_base, input_size, dtype)
+        if P is not None:
+            # PyTorch's default for every weight: U(-1/sqrt(H), 1/sqrt(H)).
+            params["W_h"] = jax.random.uniform(k_h, (P, 4 * H), dtype, -scale, scale)
+            params["W_hr"] = jax.random.uniform(k_hr, (H, P), dtype, -scale, scale)
         if forget_bias:
             params["b"] = params["b"].at[H : 2 * H].add(forget_bias)
         return params
 
     def initial_carry(batch_shape=(), dtype=jnp.float32) -> LSTMCarry:
-        zeros = _zeros_carry(H)
         # Two distinct buffers: a shared one could not be donated twice.
-        return LSTMCarry(zeros(batch_shape, dtype), zeros(batch_shape, dtype))
+        return LSTMCarry(_zeros_carry(R)(batch_shape, dtype), _zeros_carry(H)(batch_shape, dtype))
 
     def step(params: Params, carry: LSTMCarry, x_proj: Array):
         # sigmoid(i, f, o) and tanh(g) in one pass (gates.lstm_gates), then
@@ -296,6 +339,24 @@ def lstm(
         h, c, _ = lstm_update(x_proj + carry.h @ params["W_h"], carry.c, H)
         return LSTMCarry(h, c), h
 
+    def step_projected(params: Params, carry: LSTMCarry, x_proj: Array):
+        # The same update, then h = (o * tanh(c)) W_hr: P wide.
+        m, c, _ = lstm_update(x_proj + carry.h @ params["W_h"], carry.c, H)
+        h = m @ params["W_hr"]
+        return LSTMCarry(h, c), h
+
+    if P is not None:
+        return Cell(
+            kind="lstm",
+            hidden_size=P,
+            num_gates=4,
+            init=init,
+            initial_carry=initial_carry,
+            project=_project,
+            step=step_projected,
+            hidden=lambda carry: carry.h,
+            cell_size=H,
+        )
     return Cell(
         kind="lstm",
         hidden_size=H,
@@ -362,6 +423,7 @@ def make_cell(
     activation: Union[str, Callable] = "tanh",
     forget_bias: float = 0.0,
     init_scale: float | None = None,
+    proj_size: int | None = None,
 ) -> Cell:
     """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"`` or ``"gru"``.
 
@@ -371,12 +433,15 @@ def make_cell(
       >>> cell.kind, cell.activation
       ('elman', 'relu')
     """
+    if proj_size and kind != "lstm":
+        raise ValueError(f"proj_size is for LSTM cells only, got kind {kind!r}")
     if kind == "linear":
         return linear(hidden_size, init_scale=init_scale)
     if kind == "elman":
         return elman(hidden_size, activation, init_scale=init_scale)
     if kind == "lstm":
-        return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale)
+        return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale,
+                    proj_size=proj_size)
     if kind == "gru":
         return gru(hidden_size, init_scale=init_scale)
     raise ValueError(f"unknown cell kind {kind!r}; expected one of {list(CELL_KINDS)}")

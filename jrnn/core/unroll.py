@@ -10,6 +10,9 @@ running it; *how* is the ``method`` argument:
   ``O(log T)`` depth (:mod:`jrnn.core.parallel`);
 * ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
   picks for the cell, the shape and the backend.
+
+:func:`bidirectional` runs PyTorch's per-layer bidirectional stack
+(``torch.nn.LSTM(..., bidirectional=True)``) with the same machinery.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from jrnn.core.validation import check_lengths, check_rate, check_sequence, posi
 
 Array = jax.Array
 
-__all__ = ["unroll", "auto_unroll", "resolve_method"]
+__all__ = ["unroll", "bidirectional", "auto_unroll", "resolve_method"]
 
 _UNSET = object()
 
@@ -230,3 +233,109 @@ def unroll(
     if not time_major:
         hs = jnp.swapaxes(hs, 0, 1)
     return (finals if stacked else finals[0]), hs
+
+
+def _pairs(name: str, value, n: Optional[int] = None) -> list:
+    """``value`` as a list of ``(forward, backward)`` pairs (one per layer)."""
+    out = list(value)
+    if not out or not all(isinstance(v, (tuple, list)) and not isinstance(v, Cell) and len(v) == 2
+                          for v in out):
+        raise TypeError(f"{name} must be a non-empty list of (forward, backward) pairs, one per layer")
+    if n is not None and len(out) != n:
+        raise ValueError(f"got {n} layers of cells but {len(out)} of {name}")
+    return [tuple(v) for v in out]
+
+
+def bidirectional(
+    cells: Sequence[tuple[Cell, Cell]],
+    params: Sequence[tuple[dict, dict]],
+    xs: Array,
+    carry: Optional[Sequence[tuple[Any, Any]]] = None,
+    *,
+    lengths: Optional[Array] = None,
+    method: str = "auto",
+    scan_unroll: Union[int, bool, None] = None,
+    dropout: float = 0.0,
+    key: Optional[Array] = None,
+    time_major: bool = True,
+    custom_vjp: bool = True,
+):
+    """A per-layer bidirectional stack, as ``torch.nn.LSTM/GRU/RNN(bidirectional=True)``.
+
+    Layer ``l`` runs its forward cell over the sequence and its backward cell
+    over the sequence reversed (within each sequence's length when
+    ``lengths`` is given); its output is ``[forward outputs, backward
+    outputs]`` concatenated on the feature axis, which is what layer ``l + 1``
+    reads (so its input size is ``2 H``).  Dropout, when ``dropout > 0`` and a
+    ``key`` is given, falls on the inputs of every layer but the first, as in
+    PyTorch.  Each direction is one :func:`unroll` call: ``method``,
+    ``scan_unroll`` and ``custom_vjp`` mean what they mean there.
+
+    Args:
+      cells: one ``(forward_cell, backward_cell)`` pair per layer.
+      params: one ``(forward_params, backward_params)`` pair per layer; the
+        first layer's ``W`` are ``[D, G*H]``, later layers' ``[2H, G*H]``.
+      xs: ``float[T, B, D]`` (``[B, T, D]`` with ``time_major=False``).
+      carry: one ``(forward_carry, backward_carry)`` pair per layer, or
+        ``None`` for zeros.
+      lengths: optional ``int[B]``; padded steps output zeros in both directions.
+
+    Returns:
+      ``(finals, outputs)``: ``finals`` is one ``(forward_carry,
+      backward_carry)`` pair per layer -- flattened layer-major, these are
+      PyTorch's ``h_n`` rows in order (layer 0 forward, layer 0 backward,
+      layer 1 forward, ...); the backward carry is the one after the
+      *first* step of each sequence.  ``outputs: float[T, B, H_fwd + H_bwd]``
+      of the last layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cells = [(jrnn.gru(4), jrnn.gru(4))] * 2
+      >>> ks = jax.random.split(jax.random.PRNGKey(0), 4)
+      >>> params = [(cells[0][0].init(ks[0], 3), cells[0][1].init(ks[1], 3)),
+      ...           (cells[1][0].init(ks[2], 8), cells[1][1].init(ks[3], 8))]
+      >>> finals, hs = jrnn.bidirectional(cells, params, jnp.ones((5, 2, 3)), lengths=jnp.array([5, 3]))
+      >>> hs.shape, len(finals), finals[1][1].shape, bool((hs[3:, 1] == 0).all())
+      ((5, 2, 8), 2, (2, 4), True)
+    """
+    scan_unroll = _check_scan_unroll(scan_unroll)
+    if isinstance(cells, Cell):
+        raise TypeError("cells must be a list of (forward, backward) pairs, one per layer")
+    cells = _pairs("cells", cells)
+    if not all(isinstance(c, Cell) for pair in cells for c in pair):
+        raise TypeError("cells must be a list of (forward, backward) pairs of jrnn Cells")
+    params_list = _pairs("params", params, len(cells))
+    carries = [(None, None)] * len(cells) if carry is None else _pairs("carry", carry, len(cells))
+
+    xs = check_sequence(xs, params_list[0][0]["W"].shape[0], time_major=time_major)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)
+    T, B, _ = xs.shape
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
+    dropout = check_rate("dropout", dropout)
+    layer_keys = (
+        jax.random.split(key, len(cells)) if (key is not None and dropout > 0) else None
+    )
+
+    finals = []
+    hs = xs
+    for layer, (pair, p_pair, c_pair) in enumerate(zip(cells, params_list, carries)):
+        if layer > 0 and layer_keys is not None:
+            keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
+            hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+        outs, layer_finals = [], []
+        for c, p, c0, reverse in zip(pair, p_pair, c_pair, (False, True)):
+            if p["W"].shape[0] != hs.shape[-1]:
+                raise ValueError(
+                    f"layer {layer}: W reads {p['W'].shape[0]} features but its input has "
+                    f"{hs.shape[-1]} (layers after the first read 2H: both directions)")
+            m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
+            final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
+            outs.append(out)
+            layer_finals.append(final)
+        finals.append(tuple(layer_finals))
+        hs = jnp.concatenate(outs, axis=-1)
+    if not time_major:
+        hs = jnp.swapaxes(hs, 0, 1)
+    return finals, hs

@@ -23,7 +23,11 @@ Parameters are stored exactly as the cell's ``init`` makes them:
   :func:`layers_from_flax` turns it into the list :func:`jrnn.unroll` takes;
 * NNX :class:`NNXRNN` and :class:`NNXStack`: the ``params`` property returns
   the dict (or list of dicts), built from ``nnx.Param`` attributes with the
-  same names.
+  same names;
+* :class:`BidirectionalStack` / :class:`NNXBidirectionalStack` (PyTorch's
+  per-layer bidirectional stack, :func:`jrnn.bidirectional`):
+  ``{"layer_0": {"forward": ..., "backward": ...}, ...}`` in linen, and a
+  list of ``(forward, backward)`` pairs from the NNX ``params`` property.
 
 Differences from ``nn.RNN``: outputs at padded steps (``t >= seq_lengths[b]``)
 are zeros, not whatever the cell computed there; the default initial carry is
@@ -44,7 +48,7 @@ from flax import nnx
 
 from jrnn.core.cells import Cell
 from jrnn.core.masking import reverse_within_lengths
-from jrnn.core.unroll import unroll
+from jrnn.core.unroll import bidirectional, unroll
 
 Array = jax.Array
 
@@ -55,6 +59,8 @@ __all__ = [
     "NNXRNN",
     "NNXStack",
     "NNXBidirectional",
+    "BidirectionalStack",
+    "NNXBidirectionalStack",
     "layers_from_flax",
     "layers_to_flax",
 ]
@@ -74,6 +80,24 @@ def _check_cells(cells) -> tuple:
     if isinstance(cells, Cell) or not cells:
         raise TypeError("cells must be a non-empty sequence of jrnn Cells")
     return tuple(_check_cell(c) for c in cells)
+
+
+def _check_pairs(cells) -> tuple:
+    if isinstance(cells, Cell) or not cells or not all(
+            isinstance(p, (tuple, list)) and not isinstance(p, Cell) and len(p) == 2 for p in cells):
+        raise TypeError("cells must be a non-empty sequence of (forward, backward) pairs of jrnn Cells")
+    return tuple((_check_cell(f), _check_cell(b)) for f, b in cells)
+
+
+def _run_stack_bidirectional(cells, params, inputs, initial_carry, seq_lengths, *, time_major,
+                             unroll_factor, dropout, key):
+    """The body of both bidirectional stacks: layout -> jrnn.bidirectional -> layout."""
+    xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
+    carry, hs = bidirectional(
+        list(cells), params, xs, initial_carry, lengths=seq_lengths, method="scan",
+        scan_unroll=unroll_factor, dropout=dropout, key=key,
+    )
+    return carry, (hs if time_major else jnp.swapaxes(hs, 0, 1))
 
 
 def _check_inputs(inputs, time_major: bool) -> Array:
@@ -362,6 +386,71 @@ class Bidirectional(nn.Module):
                                   time_major, kwargs)
 
 
+class BidirectionalStack(nn.Module):
+    r"""A linen per-layer bidirectional stack, as ``torch.nn.LSTM(..., bidirectional=True)``.
+
+    Layer ``l + 1`` reads ``[forward outputs, backward outputs]`` of layer
+    ``l`` (so ``2 H`` features), unlike :class:`Bidirectional` over two
+    :class:`Stack` s, whose directions never meet.  It calls
+    :func:`jrnn.bidirectional` once (dropout between layers from the
+    ``"dropout"`` RNG stream when ``deterministic`` is False).  The carry is
+    a list of ``(forward_carry, backward_carry)`` pairs, one per layer.
+
+    Parameters: ``{"layer_0": {"forward": ..., "backward": ...}, ...}``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
+      >>> stack = jf.BidirectionalStack([(jrnn.gru(4), jrnn.gru(4))] * 2, return_carry=True)
+      >>> x = jnp.ones((2, 5, 3))
+      >>> variables = stack.init(jax.random.PRNGKey(0), x)
+      >>> carries, ys = stack.apply(variables, x, seq_lengths=jnp.array([5, 2]))
+      >>> ys.shape, variables["params"]["layer_1"]["forward"]["W"].shape, len(carries)
+      ((2, 5, 8), (8, 12), 2)
+    """
+
+    cells: Sequence[tuple]
+    dropout_rate: float = 0.0
+    deterministic: Optional[bool] = None
+    time_major: bool = False
+    return_carry: bool = False
+    unroll: int = 1
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        deterministic: Optional[bool] = None,
+    ):
+        cells = _check_pairs(self.cells)
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        inputs = _check_inputs(inputs, time_major)
+        params, d_in = [], inputs.shape[-1]
+        for i, (cf, cb) in enumerate(cells):
+            def init(key, cf=cf, cb=cb, d=d_in):
+                kf, kb = jax.random.split(key)
+                return {"forward": cf.init(kf, d, self.param_dtype),
+                        "backward": cb.init(kb, d, self.param_dtype)}
+            p = self.param(f"layer_{i}", init)
+            params.append((p["forward"], p["backward"]))
+            d_in = cf.hidden_size + cb.hidden_size
+        key = None
+        if self.dropout_rate > 0.0 and len(cells) > 1:
+            if not nn.merge_param("deterministic", self.deterministic, deterministic):
+                key = self.make_rng("dropout")
+        carry, hs = _run_stack_bidirectional(
+            cells, params, inputs, initial_carry, seq_lengths, time_major=time_major,
+            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key)
+        return (carry, hs) if return_carry else hs
+
+
 # ---------------------------------------------------------------------------
 # NNX
 # ---------------------------------------------------------------------------
@@ -577,3 +666,84 @@ class NNXBidirectional(nnx.Module):
         del reverse, keep_order  # accepted as nn.Bidirectional does; the directions are fixed
         return _run_bidirectional(self, inputs, initial_carry, seq_lengths, return_carry,
                                   time_major, kwargs)
+
+
+class NNXBidirectionalStack(nnx.Module):
+    r"""NNX version of :class:`BidirectionalStack` (PyTorch's per-layer bidirectional stack).
+
+    ``self.layers`` holds one :class:`NNXRNN` per direction and layer in
+    PyTorch's order (layer 0 forward, layer 0 backward, layer 1 forward, ...);
+    :attr:`params` returns them as the list of ``(forward, backward)`` pairs
+    :func:`jrnn.bidirectional` takes.  Dropout between layers is drawn from
+    ``rngs.dropout()`` when a call gets ``rngs`` and the module is not in
+    ``eval()`` mode.
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn
+      >>> from jrnn.interop import flax as jf
+      >>> from flax import nnx
+      >>> cells = [(jrnn.lstm(4), jrnn.lstm(4))] * 2
+      >>> stack = jf.NNXBidirectionalStack(cells, 3, rngs=nnx.Rngs(0))
+      >>> x = jnp.ones((2, 5, 3))
+      >>> _, hs = jrnn.bidirectional(cells, stack.params, x, time_major=False)
+      >>> bool((stack(x) == hs).all()), hs.shape
+      (True, (2, 5, 8))
+    """
+
+    def __init__(
+        self,
+        cells: Sequence[tuple],
+        in_features: int,
+        *,
+        rngs: nnx.Rngs,
+        dropout_rate: float = 0.0,
+        param_dtype: Any = jnp.float32,
+        time_major: bool = False,
+        return_carry: bool = False,
+        unroll: int = 1,
+    ):
+        self.cells = _check_pairs(cells)
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.dropout_rate = dropout_rate
+        self.deterministic = False
+        self.time_major = time_major
+        self.return_carry = return_carry
+        self.unroll = unroll
+        layers, d = [], in_features
+        for cf, cb in self.cells:
+            layers += [NNXRNN(cf, d, rngs=rngs, param_dtype=param_dtype),
+                       NNXRNN(cb, d, rngs=rngs, param_dtype=param_dtype)]
+            d = cf.hidden_size + cb.hidden_size
+        self.layers = nnx.List(layers)
+
+    @property
+    def params(self) -> list:
+        """One ``(forward, backward)`` pair of params dicts per layer, in jrnn's layout."""
+        ps = [layer.params for layer in self.layers]
+        return [(ps[2 * l], ps[2 * l + 1]) for l in range(len(self.cells))]
+
+    def initialize_carry(self, batch_size: int, dtype=jnp.float32) -> list:
+        """Zeros of every layer's ``(forward, backward)`` carries."""
+        return [(f.initial_carry((batch_size,), dtype), b.initial_carry((batch_size,), dtype))
+                for f, b in self.cells]
+
+    def __call__(
+        self,
+        inputs: Array,
+        *,
+        initial_carry: Any = None,
+        seq_lengths: Optional[Array] = None,
+        return_carry: Optional[bool] = None,
+        time_major: Optional[bool] = None,
+        rngs: Optional[nnx.Rngs] = None,
+    ):
+        time_major = self.time_major if time_major is None else time_major
+        return_carry = self.return_carry if return_carry is None else return_carry
+        inputs = _check_inputs(inputs, time_major)
+        use_dropout = self.dropout_rate > 0.0 and not self.deterministic and len(self.cells) > 1
+        key = rngs.dropout() if (use_dropout and rngs is not None) else None
+        carry, hs = _run_stack_bidirectional(
+            self.cells, self.params, inputs, initial_carry, seq_lengths, time_major=time_major,
+            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key)
+        return (carry, hs) if return_carry else hs

@@ -25,9 +25,21 @@ The GRU keeps both biases because its reset gate multiplies
 ``[num_layers, B, H]`` (and ``c_n`` for the LSTM); jrnn's stack carry is a
 list with one ``[B, H]`` array (or :class:`~jrnn.core.gates.LSTMCarry`) per layer.
 
+**Projections** (``LSTM(..., proj_size=P)``): jrnn's ``jrnn.lstm(H, proj_size=P)``
+with ``W_hr = weight_hr_l{l}.T`` (``[H, P]``); ``W_h`` is then ``[P, 4H]`` and
+layers after the first read ``P`` features.  ``h_n`` is ``[layers, B, P]``,
+``c_n`` stays ``[layers, B, H]``.
+
+**Bidirectional modules** (``bidirectional=True``): the reverse direction's
+weights are the same names with the suffix ``_reverse``.  jrnn holds such a
+module as lists of ``(forward, backward)`` pairs, one per layer -- cells,
+params and carries alike -- for :func:`jrnn.bidirectional`; flattened
+layer-major they are PyTorch's order (``h_n[2 l]`` is layer ``l`` forward,
+``h_n[2 l + 1]`` its backward direction).  Layers after the first read
+``2 H`` (``2 P`` with projections) features.
+
 ``torch`` is imported inside the functions that need it, never when jrnn is
 imported; install it with ``pip install torch`` (CPU build is enough).
-Unidirectional modules only (``bidirectional=False``, ``proj_size=0``).
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ from typing import Any, Optional, Sequence, Union
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.core.cells import Cell, LSTMCarry, elman, gru, lstm
+from jrnn.core.cells import Cell, LSTMCarry, elman, gate_size, gru, lstm
 
 __all__ = ["from_torch", "to_torch", "carry_from_torch", "carry_to_torch"]
 
@@ -75,19 +87,24 @@ def from_torch(module, dtype=jnp.float32) -> tuple[list[Cell], list[dict]]:
     .. math::
         \texttt{module}(xs) = \texttt{jrnn.unroll(cells, params, xs)}
 
-    up to floating-point rounding, outputs and final states alike.  A module
+    up to floating-point rounding, outputs and final states alike.  For a
+    ``bidirectional=True`` module ``cells[l]`` and ``params[l]`` are
+    ``(forward, backward)`` pairs and :func:`jrnn.bidirectional` takes the
+    place of :func:`jrnn.unroll`; an LSTM's ``proj_size`` becomes
+    ``jrnn.lstm(H, proj_size=P)`` with ``W_hr = weight_hr_l{l}.T``.  A module
     built with ``bias=False`` gets zero biases.  ``batch_first`` and
     ``dropout`` are properties of the call, not of the weights: pass
     ``time_major=False`` and ``dropout=`` to :func:`jrnn.unroll` yourself.
 
     Args:
-      module: a unidirectional ``torch.nn.RNN`` (tanh or relu), ``LSTM`` or
-        ``GRU`` with any ``num_layers``.
+      module: a ``torch.nn.RNN`` (tanh or relu), ``LSTM`` (any ``proj_size``)
+        or ``GRU`` with any ``num_layers``, uni- or bidirectional.
       dtype: dtype of the returned arrays.
 
     Returns:
-      ``(cells, params)``: two lists with one entry per layer, ready for
-      ``jrnn.unroll(cells, params, xs)``.
+      ``(cells, params)``: two lists with one entry per layer (a pair per
+      layer when bidirectional), ready for ``jrnn.unroll(cells, params, xs)``
+      (``jrnn.bidirectional`` when bidirectional).
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
@@ -107,13 +124,10 @@ def from_torch(module, dtype=jnp.float32) -> tuple[list[Cell], list[dict]]:
       True
     """
     kind = _kind_of(module)
-    if getattr(module, "bidirectional", False):
-        raise ValueError("bidirectional torch modules are not supported; convert each direction")
-    if getattr(module, "proj_size", 0):
-        raise ValueError("LSTM with proj_size > 0 has no jrnn equivalent")
     H = module.hidden_size
+    P = getattr(module, "proj_size", 0) or None
     if kind == "lstm":
-        make = lambda: lstm(H)
+        make = lambda: lstm(H, proj_size=P)
     elif kind == "gru":
         make = lambda: gru(H)
     else:
@@ -122,11 +136,10 @@ def from_torch(module, dtype=jnp.float32) -> tuple[list[Cell], list[dict]]:
     def get(name):
         return module.get_parameter(name).detach().cpu().numpy().astype(np.float64)
 
-    cells, params = [], []
-    for layer in range(module.num_layers):
-        W_ih, W_hh = get(f"weight_ih_l{layer}"), get(f"weight_hh_l{layer}")
+    def layer_params(suffix):
+        W_ih, W_hh = get(f"weight_ih_{suffix}"), get(f"weight_hh_{suffix}")
         if module.bias:
-            b_ih, b_hh = get(f"bias_ih_l{layer}"), get(f"bias_hh_l{layer}")
+            b_ih, b_hh = get(f"bias_ih_{suffix}"), get(f"bias_hh_{suffix}")
         else:
             b_ih = b_hh = np.zeros(W_ih.shape[0])
         p = {"W": W_ih.T, "W_h": W_hh.T}
@@ -134,8 +147,18 @@ def from_torch(module, dtype=jnp.float32) -> tuple[list[Cell], list[dict]]:
             p["b"], p["b_h"] = b_ih, b_hh
         else:
             p["b"] = b_ih + b_hh  # both biases are added to the same pre-activation
-        params.append({k: jnp.asarray(v, dtype) for k, v in p.items()})
-        cells.append(make())
+        if P is not None:
+            p["W_hr"] = get(f"weight_hr_{suffix}").T  # h = (o * tanh c) @ W_hr
+        return {k: jnp.asarray(v, dtype) for k, v in p.items()}
+
+    cells, params = [], []
+    for layer in range(module.num_layers):
+        if module.bidirectional:
+            cells.append((make(), make()))
+            params.append((layer_params(f"l{layer}"), layer_params(f"l{layer}_reverse")))
+        else:
+            cells.append(make())
+            params.append(layer_params(f"l{layer}"))
     return cells, params
 
 
@@ -174,12 +197,16 @@ def to_torch(
       params: a cell's params dict, or a list of them for a stack.
       cell: the matching :class:`~jrnn.core.cells.Cell` or list of cells; all
         layers must be the same kind (``elman`` with tanh or relu, ``lstm``
-        or ``gru``) and hidden size, as PyTorch's modules require.
+        -- with or without projections -- or ``gru``) and size, as PyTorch's
+        modules require.  Lists of ``(forward, backward)`` pairs of cells and
+        params (as :func:`jrnn.bidirectional` takes them) give a module with
+        ``bidirectional=True``.
       batch_first: the module's ``batch_first``.
       dtype: a ``torch.dtype``; default ``torch.float32``.
 
     Returns:
-      A new module, in training mode, with ``num_layers = len(params)``.
+      A new module, in training mode, with ``num_layers = len(params)``
+      (and ``proj_size = P`` for ``jrnn.lstm(H, proj_size=P)`` cells).
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
@@ -203,41 +230,73 @@ def to_torch(
     params_list = list(params) if stacked else [params]
     if not cells or len(cells) != len(params_list):
         raise ValueError(f"got {len(cells)} cells but {len(params_list)} params")
-    kinds = {(c.kind, c.activation) for c in cells}
-    sizes = {c.hidden_size for c in cells}
+    bidir = _is_pair(cells[0])
+    if bidir and not (all(map(_is_pair, cells)) and all(map(_is_pair, params_list))):
+        raise ValueError("a bidirectional stack needs a (forward, backward) pair of cells and "
+                         "of params for every layer")
+    flat = [c for pair in cells for c in pair] if bidir else cells
+    if not all(isinstance(c, Cell) for c in flat):
+        raise TypeError("cell must be a jrnn Cell, a list of Cells or a list of (forward, backward) pairs")
+    kinds = {(c.kind, c.activation) for c in flat}
+    sizes = {(gate_size(c), c.hidden_size) for c in flat}
     if len(kinds) != 1 or len(sizes) != 1:
         raise ValueError(
             f"a torch module needs one cell kind and one hidden size, got {sorted(map(str, kinds))} / {sorted(sizes)}"
         )
-    cls, extra = _torch_class(cells[0])
-    H = cells[0].hidden_size
-    D = int(np.shape(params_list[0]["W"])[0])
-    for layer, p in enumerate(params_list):
-        want_in = D if layer == 0 else H
-        G = cells[0].num_gates
-        if np.shape(p["W"]) != (want_in, G * H) or np.shape(p["W_h"]) != (H, G * H):
-            raise ValueError(
-                f"layer {layer}: expected W [{want_in}, {G * H}] and W_h [{H}, {G * H}], got "
-                f"{np.shape(p['W'])} and {np.shape(p['W_h'])}"
-            )
+    cls, extra = _torch_class(flat[0])
+    H, out = gate_size(flat[0]), flat[0].hidden_size
+    P = out if flat[0].cell_size is not None else 0
+    if P:
+        extra = {**extra, "proj_size": P}
+    directions = 2 if bidir else 1
+    first = params_list[0][0] if bidir else params_list[0]
+    D = int(np.shape(first["W"])[0])
+    G = flat[0].num_gates
+    for layer, ps in enumerate(params_list):
+        for p in (ps if bidir else (ps,)):
+            want_in = D if layer == 0 else directions * out
+            if np.shape(p["W"]) != (want_in, G * H) or np.shape(p["W_h"]) != (out, G * H):
+                raise ValueError(
+                    f"layer {layer}: expected W [{want_in}, {G * H}] and W_h [{out}, {G * H}], got "
+                    f"{np.shape(p['W'])} and {np.shape(p['W_h'])}"
+                )
     dtype = torch.float32 if dtype is None else dtype
-    module = cls(D, H, num_layers=len(cells), batch_first=batch_first, dtype=dtype, **extra)
+    module = cls(D, H, num_layers=len(cells), batch_first=batch_first, dtype=dtype,
+                 bidirectional=bidir, **extra)
 
     def tensor(x):
         return torch.tensor(np.array(x, np.float64), dtype=dtype)
 
+    def put(p, suffix):
+        module.get_parameter(f"weight_ih_{suffix}").copy_(tensor(np.asarray(p["W"]).T))
+        module.get_parameter(f"weight_hh_{suffix}").copy_(tensor(np.asarray(p["W_h"]).T))
+        module.get_parameter(f"bias_ih_{suffix}").copy_(tensor(p["b"]))
+        b_hh = p["b_h"] if "b_h" in p else np.zeros_like(np.asarray(p["b"]))
+        module.get_parameter(f"bias_hh_{suffix}").copy_(tensor(b_hh))
+        if P:
+            module.get_parameter(f"weight_hr_{suffix}").copy_(tensor(np.asarray(p["W_hr"]).T))
+
     with torch.no_grad():
-        for layer, p in enumerate(params_list):
-            module.get_parameter(f"weight_ih_l{layer}").copy_(tensor(np.asarray(p["W"]).T))
-            module.get_parameter(f"weight_hh_l{layer}").copy_(tensor(np.asarray(p["W_h"]).T))
-            module.get_parameter(f"bias_ih_l{layer}").copy_(tensor(p["b"]))
-            b_hh = p["b_h"] if "b_h" in p else np.zeros_like(np.asarray(p["b"]))
-            module.get_parameter(f"bias_hh_l{layer}").copy_(tensor(b_hh))
+        for layer, ps in enumerate(params_list):
+            if bidir:
+                put(ps[0], f"l{layer}")
+                put(ps[1], f"l{layer}_reverse")
+            else:
+                put(ps, f"l{layer}")
     return module
+
+
+def _is_pair(x) -> bool:
+    """A ``(forward, backward)`` pair (a Cell, an LSTMCarry or a params dict is not)."""
+    return isinstance(x, (tuple, list)) and not isinstance(x, (Cell, LSTMCarry)) and len(x) == 2
 
 
 def carry_from_torch(state, cells: Sequence[Cell], dtype=jnp.float32) -> list:
     """PyTorch's ``h_0`` / ``(h_0, c_0)`` (``[num_layers, B, H]``) -> jrnn's list of carries.
+
+    With ``cells`` a list of ``(forward, backward)`` pairs (a bidirectional
+    module, states ``[2 num_layers, B, H]``) the carries come in pairs too.
+    With projections ``h_0`` is ``[..., P]`` and ``c_0`` ``[..., H]``.
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
@@ -251,17 +310,26 @@ def carry_from_torch(state, cells: Sequence[Cell], dtype=jnp.float32) -> list:
     def arr(t):
         return jnp.asarray(t.detach().cpu().numpy().astype(np.float64), dtype)
 
-    is_lstm = [c.kind == "lstm" for c in cells]
+    bidir = bool(cells) and _is_pair(cells[0])
+    flat = [c for pair in cells for c in pair] if bidir else list(cells)
+    is_lstm = [c.kind == "lstm" for c in flat]
     if any(is_lstm) != all(is_lstm):
         raise ValueError("cells must be all LSTMs or no LSTMs")
     if all(is_lstm):
         h, c = state
-        return [LSTMCarry(arr(h[l]), arr(c[l])) for l in range(len(cells))]
-    return [arr(state[l]) for l in range(len(cells))]
+        carries = [LSTMCarry(arr(h[l]), arr(c[l])) for l in range(len(flat))]
+    else:
+        carries = [arr(state[l]) for l in range(len(flat))]
+    if bidir:  # rows 2l and 2l + 1 are layer l's forward and backward directions
+        return [(carries[2 * l], carries[2 * l + 1]) for l in range(len(cells))]
+    return carries
 
 
 def carry_to_torch(carries: Sequence[Any], dtype: Optional[Any] = None):
     """jrnn's list of carries -> PyTorch's ``h_n`` or ``(h_n, c_n)``, ``[num_layers, B, H]``.
+
+    A list of ``(forward, backward)`` pairs (from :func:`jrnn.bidirectional`)
+    is flattened layer-major: ``[2 num_layers, B, H]`` in PyTorch's order.
 
     Example (skipped when torch is not installed):
       >>> import pytest; torch = pytest.importorskip("torch")
@@ -277,6 +345,8 @@ def carry_to_torch(carries: Sequence[Any], dtype: Optional[Any] = None):
     def stack(arrays):
         return torch.as_tensor(np.stack([np.asarray(a, np.float64) for a in arrays]), dtype=dtype)
 
+    if carries and _is_pair(carries[0]):
+        carries = [c for pair in carries for c in pair]
     if all(isinstance(c, LSTMCarry) for c in carries):
         return stack([c.h for c in carries]), stack([c.c for c in carries])
     return stack(carries)
