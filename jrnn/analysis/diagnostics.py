@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrnn.core.cells import Cell, make_cell
+from jrnn.core.cells import Cell, gate_size, make_cell
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 from jrnn.core.unroll import unroll
 from jrnn.core.validation import check_clip_norm, check_sequence, check_tokens, positive_int
@@ -147,7 +147,7 @@ def _probed(cell: Cell) -> Cell:
     eps_t`` is then exactly the total derivative ``d loss / d h_t`` (through
     the readout at ``t`` and every later step).
     """
-    split = cell.num_gates * cell.hidden_size
+    split = cell.num_gates * gate_size(cell)
 
     def project(params, xs):
         return jnp.concatenate([cell.project(params, xs), params[_EPS]], axis=-1)

@@ -22,8 +22,10 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jrnn.core.cells import Cell, sequence_for
+from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import reverse_within_lengths, valid_steps
 from jrnn.core.parallel import associative_unroll, is_linear
 from jrnn.core.select import METHODS, choose_method
@@ -85,6 +87,31 @@ def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch:
             f"method={method!r} needs a linear recurrence (jrnn.linear, elman with 'identity', "
             f"jrnn.parallel.diagonal); got a {cell.kind!r} cell")
     return method, choice.scan_unroll if scan_unroll is None else scan_unroll
+
+
+def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: str):
+    """The layer's params fit its input, and its carry is the cell's (a plain ``(h, c)`` tuple
+    is taken for an LSTM); a mismatch is named here instead of deep inside XLA."""
+    if not isinstance(params, dict) or "W" not in params:
+        raise TypeError(f"params of {where} must be the cell's params dict (with 'W')")
+    expects = params["W"].shape[0]
+    if expects != input_size:
+        raise ValueError(f"{where}'s W expects inputs of size {expects}, but it is fed {input_size}")
+    if carry is None:
+        return None
+    if cell.kind == "lstm" and type(carry) is tuple and len(carry) == 2:
+        carry = LSTMCarry(*carry)
+    want = jax.eval_shape(lambda: cell.initial_carry((batch,), jnp.float32))
+    want_leaves, want_tree = jax.tree_util.tree_flatten(want)
+    leaves, tree = jax.tree_util.tree_flatten(carry)
+    if tree != want_tree:
+        raise TypeError(f"the carry of {where} must be shaped like cell.initial_carry(B) "
+                        f"({type(want).__name__}), got {type(carry).__name__}")
+    for got, exp in zip(leaves, want_leaves):
+        if np.shape(got) != exp.shape:
+            raise ValueError(f"the carry of {where} has shape {np.shape(got)}, expected "
+                             f"{exp.shape} (batch {batch}, the cell's state size)")
+    return carry
 
 
 def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], reverse: bool,
@@ -227,6 +254,8 @@ def unroll(
         if layer > 0 and layer_keys is not None:
             keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
             hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+        where = f"layer {layer}" if stacked else "the cell"
+        c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
         final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
         finals.append(final)

@@ -7,18 +7,23 @@ argument instead of a shape error from deep inside XLA.
 
 Values that are concrete (NumPy arrays, lists, JAX arrays -- also JAX arrays
 closed over under ``jit``) have their *range* checked on a host copy.  A value
-that is traced under ``jit`` can only have its dtype and shape checked;
-its range is the caller's promise (an out-of-range token id is clamped by
-JAX's gather).
+that is traced under ``jit`` can only have its dtype and shape checked: its
+range is the caller's promise, and an out-of-range token id raises nothing
+(JAX's gather clamps the index or fills the result with NaN).  :func:`checked` is the checked mode for that case:
+it wraps a function with ``jax.experimental.checkify`` so that the same range
+checks run inside ``jit`` and come back as an error to ``throw()``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Array = jax.Array
 
@@ -30,7 +35,46 @@ __all__ = [
     "check_sequence",
     "check_rate",
     "check_clip_norm",
+    "checked",
 ]
+
+_MODE = threading.local()  # .depth > 0 while a function wrapped by `checked` is traced
+
+
+@contextlib.contextmanager
+def _checking():
+    _MODE.depth = getattr(_MODE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _MODE.depth -= 1
+
+
+def _in_checked_mode() -> bool:
+    return getattr(_MODE, "depth", 0) > 0
+
+
+def checked(fn: Callable) -> Callable:
+    """``fn`` with jrnn's range checks (token ids, lengths) active inside ``jit``.
+
+    Returns ``checked_fn(*args) -> (error, out)`` as ``checkify.checkify``
+    does; ``error.throw()`` raises if an id or a length was out of range.
+    Without it, a traced out-of-range id raises nothing (JAX's gather clamps
+    it or fills with NaN).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> f = jax.jit(checked(lambda t: check_tokens(t, 5).sum()))
+      >>> err, out = f(jnp.array([[1, 7]]))
+      >>> err.get()
+      'tokens must be ids in [0, vocab_size=5) (checked inside jit)...'
+    """
+
+    def traced(*args, **kwargs):
+        with _checking():
+            return fn(*args, **kwargs)
+
+    return checkify.checkify(traced, errors=checkify.user_checks)
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:
@@ -117,6 +161,9 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> Array:
         raise ValueError(
             f"{name} must be ids in [0, vocab_size={vocab_size}), got values in [{rng[0]}, {rng[1]}]"
         )
+    if rng is None and _in_checked_mode() and not is_concrete(tokens):
+        checkify.check(jnp.all((tokens >= 0) & (tokens < vocab_size)),
+                       f"{name} must be ids in [0, vocab_size={vocab_size}) (checked inside jit)")
     return tokens
 
 
@@ -143,6 +190,9 @@ def check_lengths(lengths, T: int, B: int, *, min_length: int = 0) -> Array:
         raise ValueError(
             f"lengths must lie in [{min_length}, T={T}], got values in [{rng[0]}, {rng[1]}]"
         )
+    if rng is None and _in_checked_mode() and not is_concrete(lengths):
+        checkify.check(jnp.all((lengths >= min_length) & (lengths <= T)),
+                       f"lengths must lie in [{min_length}, T={T}] (checked inside jit)")
     return lengths
 
 
