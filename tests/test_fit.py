@@ -285,3 +285,44 @@ def test_fit_refuses_an_existing_run_from_python(tmp_path):
 def test_research_commands_refuse_nan_options(capsys, args, message):
     assert main(args) == 2
     assert message in _err(capsys)
+
+
+@pytest.mark.parametrize("mode", ["data_parallel", "fused_epoch"])
+def test_resume_is_exact_with_data_parallel_and_at_epoch_boundaries_fused(tmp_path, mode):
+    config = DEFAULT.replace(**TINY)
+    kw = {mode: True}
+    whole = fit(config, _corpus(), str(tmp_path / "whole"), **kw)
+
+    def interrupt(*args, fired=[]):
+        if not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hook = (Callbacks(on_window=lambda e, i, n, m, t: i == 5 and interrupt()) if mode == "data_parallel"
+            else Callbacks(on_epoch=lambda r: interrupt()))
+    part = fit(config, _corpus(), str(tmp_path / "part"), callbacks=hook, **kw)
+    assert not part.complete
+    done = fit(None, _corpus(), str(tmp_path / "part"), resume=True, **kw)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.state), jax.tree_util.tree_leaves(done.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert done.test_ppl == whole.test_ppl
+
+
+def test_first_release_checkpoints_still_score(trained, tmp_path, capsys):
+    """A 0.1 checkpoint (format v1, a `settings` dict) loads for eval/score/next/generate."""
+    src, dst = os.path.join(trained, "best.ckpt"), str(tmp_path / "v1.ckpt")
+
+    def as_v1(meta):
+        meta = dict(meta)
+        meta["format"] = "jrnn-checkpoint-v1"
+        meta["settings"] = meta.pop("config")
+        return meta
+
+    _rewrite(src, dst, header=as_v1)
+    assert main(["score", "john is driving a car", "--checkpoint", dst]) == 0
+    assert "log p" in capsys.readouterr().out
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    os.replace(dst, os.path.join(out, "last.ckpt"))
+    assert main(["train", "--out", out, "--resume"]) == 2
+    assert "written by jrnn 0.1" in _err(capsys)
