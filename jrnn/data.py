@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -308,6 +308,29 @@ def builtin_lines(num_sentences: int = 20000, seed: int = 0) -> list[str]:
         tail = _TAILS[rng.randint(len(_TAILS))]
         lines.append(f"{subj}{clause} {verb} {obj}{tail}")
     return lines
+
+
+def open_corpus(data: Optional[str], level: Optional[str] = None, max_vocab: Optional[int] = None,
+                min_freq: int = 1, on_download: Optional[Callable[[str], None]] = None) -> Corpus:
+    """What ``jrnn train --data`` accepts: ``None`` (the built-in corpus), a PTB-style
+    directory, a text file, or the name of a corpus in :data:`CORPORA` (downloaded once
+    and cached; ``on_download(message)`` is told first).  ``level`` defaults to ``word``
+    for directories and ``char`` for single files."""
+    if data is None:
+        return builtin_corpus()
+    if not os.path.exists(data) and data in CORPORA:
+        if on_download is not None:
+            on_download(f"fetching {data} into {default_cache_dir()} (cached after the first time)")
+        folder = download(data)
+        files = list(CORPORA[data])
+        data = folder if len(files) > 1 else os.path.join(folder, files[0])
+    if not os.path.exists(data):
+        raise DataError(f"{data}: no such file or directory; give a PTB-style directory "
+                        "(ptb.train.txt, ptb.valid.txt, ptb.test.txt), a UTF-8 text file, or a "
+                        f"corpus name to download ({', '.join(sorted(CORPORA))})")
+    if level is None:
+        level = "word" if os.path.isdir(data) else "char"
+    return load_corpus(data, level=level, max_vocab=max_vocab, min_freq=min_freq)
 
 
 def builtin_corpus(num_sentences: int = 20000, seed: int = 0) -> Corpus:

@@ -14,8 +14,9 @@ import numpy as np
 
 import jrnn
 from jrnn import data as D
+from jrnn.core.validation import positive_int
 from jrnn.cli.options import DEFAULT, DEFAULTS, PRESETS, TrainConfig, UserError, _fail, flag
-from jrnn.data import DataError, Vocabulary
+from jrnn.data import DataError
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed
 from jrnn.training import loop as trainer
@@ -35,6 +36,13 @@ def _overrides(args) -> dict:
     return {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f, None) is not None}
 
 
+def _positive(name: str, value) -> None:
+    try:
+        positive_int(name, value)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def _config_error(e: Exception) -> UserError:
     """A ConfigError names a field; the user typed a flag."""
     text = str(e)
@@ -50,32 +58,10 @@ def _config(args) -> TrainConfig:
         raise _config_error(e) from None
 
 
-def build_model(cfg, vocab_size: int):
-    """The model a checkpoint's config describes (a dict of either release)."""
-    try:
-        config = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    except ConfigError as e:
-        raise CheckpointError(f"the saved configuration is invalid ({e})") from None
-    return fit_module.build_model(config, vocab_size)
-
-
 def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
-
-    if data is None:
-        return D.builtin_corpus()
-    if not os.path.exists(data) and data in D.CORPORA:
-        print(f"fetching {data} into {D.default_cache_dir()} (cached after the first time)",
-              file=sys.stderr)
-        folder = D.download(data)
-        files = list(D.CORPORA[data])
-        data = folder if len(files) > 1 else os.path.join(folder, files[0])
-    if not os.path.exists(data):
-        _fail(f"{data}: no such file or directory; give a PTB-style directory "
-              "(ptb.train.txt, ptb.valid.txt, ptb.test.txt), a UTF-8 text file, or a corpus "
-              f"name to download ({', '.join(sorted(D.CORPORA))})")
-    if level is None:
-        level = "word" if os.path.isdir(data) else "char"
-    return D.load_corpus(data, level=level, max_vocab=max_vocab, min_freq=min_freq)
+    """:func:`jrnn.data.open_corpus`, telling the user when it downloads."""
+    return D.open_corpus(data, level, max_vocab, min_freq,
+                         on_download=lambda text: print(text, file=sys.stderr))
 
 
 class _Progress:
@@ -188,33 +174,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def load_for_use(path: str):
-    """Model, params, vocabulary and metadata from a checkpoint (or a run directory, or
-    the ``runs/latest`` pointer); only the parameters are read, no optimizer is built."""
-    path = runs.resolve_run(path)
-    meta, raw = ckpt.load_raw(path)
-    try:
-        vocab = Vocabulary.from_dict(meta["vocab"])
-        cfg = meta["config"] if "config" in meta else meta["settings"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{path}: header is incomplete ({e})") from None
-    model = build_model(cfg, len(vocab))
-    if "params" not in raw:
-        raise ckpt.CheckpointError(f"{path}: holds no parameters")
-    params = ckpt.restore_into(model.init(jax.random.PRNGKey(0)), raw["params"], path)
-    bad = [n for n, x in zip(fit_module._leaf_names(params), jax.tree_util.tree_leaves(params))
-           if not np.all(np.isfinite(np.asarray(x)))]
-    if bad:
-        raise ckpt.CheckpointError(f"{path}: parameters {', '.join(bad[:3])} hold NaN or infinite "
-                                   "values; this checkpoint cannot score text")
-    return model, params, vocab, meta
+load_for_use = fit_module.load_for_inference
 
 
 def cmd_eval(args) -> int:
     for name in ("batch_size", "bptt"):
-        value = getattr(args, name)
-        if value <= 0:
-            _fail(f"{flag(name)} must be a positive int, got {value}")
+        _positive(flag(name), getattr(args, name))
     if jax.default_backend() == "cpu":
         keep_host_memory()
 
@@ -287,8 +252,7 @@ def cmd_generate(args) -> int:
     model, params, vocab, _ = load_for_use(args.checkpoint)
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
         _fail(f"--temperature must be a positive finite number, got {args.temperature}")
-    if args.words <= 0:
-        _fail(f"--words must be a positive int, got {args.words}")
+    _positive("--words", args.words)
     if args.words <= 0:
         _fail(f"--words must be positive, got {args.words}")
 

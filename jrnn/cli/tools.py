@@ -25,7 +25,7 @@ from jrnn import data as D
 from jrnn.analysis import diagnostics as dg
 from jrnn.analysis import plots, tasks
 from jrnn.analysis.tasks import longest_solved
-from jrnn.cli.commands import load_corpus, load_for_use
+from jrnn.training.fit import load_for_inference
 from jrnn.data import DataError
 from jrnn.training.checkpoint import CheckpointError
 
@@ -248,11 +248,11 @@ def _training_demo(args, out_dir) -> dict:
 
 
 def _diagnose_checkpoint(args, out_dir) -> dict:
-    model, params, vocab, meta = load_for_use(args.checkpoint)
+    model, params, vocab, meta = load_for_inference(args.checkpoint)
     if not hasattr(model.config, "num_layers"):
         raise UserError(f"{args.checkpoint}: diagnose needs an RNN LM, not an NNLM")
-    corpus = load_corpus(meta.get("data"), meta.get("level"), meta.get("max_vocab"),
-                          meta.get("min_freq", 1))
+    corpus = D.open_corpus(meta.get("data"), meta.get("level"), meta.get("max_vocab"),
+                           meta.get("min_freq", 1))
     ids = np.asarray(corpus.valid)
     T = args.length
     n = min(args.decay_samples, (len(ids) - 1) // T)

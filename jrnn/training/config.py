@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Any, Optional, Union
 
+from jrnn.core.validation import positive_int
+
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "DEFAULT"]
 
 CELLS = ("linear", "elman", "lstm", "gru", "nnlm")
@@ -27,8 +29,10 @@ class ConfigError(ValueError):
 
 
 def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConfigError(f"{name} must be a positive int, got {v!r}")
+    try:
+        positive_int(name, v)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _finite(name, v, *, low=None, low_open=True, high=None, high_open=False, what=""):

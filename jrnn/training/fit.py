@@ -42,7 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import numpy as np
 
-from jrnn.data import Corpus, DataError, batchify
+from jrnn.data import Corpus, DataError, Vocabulary, batchify
 from jrnn.models.lm import LanguageModel, nnlm, rnn_lm
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed, runs
@@ -65,6 +65,7 @@ __all__ = [
     "build_model",
     "resume_config",
     "estimate_bytes",
+    "load_for_inference",
     "EVAL_BATCH",
 ]
 
@@ -127,6 +128,32 @@ def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
                   init_scale=config.init_scale, forget_bias=config.forget_bias,
                   method="auto" if auto else "scan", scan_unroll=None if auto else config.unroll,
                   remat=config.remat)
+
+
+def load_for_inference(path: str):
+    """``(model, params, vocab, meta)`` from a checkpoint file, a run directory, or a folder
+    with a ``latest`` pointer.  Only the parameters are read (no optimizer is built); a
+    header that does not describe a model, or parameters that are not finite, are a
+    :class:`~jrnn.training.checkpoint.CheckpointError`."""
+    path = runs.resolve_run(path)
+    meta, raw = ckpt.load_raw(path)
+    try:
+        vocab = Vocabulary.from_dict(meta["vocab"])
+        config = TrainConfig.from_dict(meta["config"] if "config" in meta else meta["settings"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{path}: the saved configuration is invalid ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{path}: header is incomplete ({e})") from None
+    model = build_model(config, len(vocab))
+    if "params" not in raw:
+        raise ckpt.CheckpointError(f"{path}: holds no parameters")
+    params = ckpt.restore_into(model.init(jax.random.PRNGKey(0)), raw["params"], path)
+    bad = [n for n, x in zip(_leaf_names(params), jax.tree_util.tree_leaves(params))
+           if not np.all(np.isfinite(np.asarray(x)))]
+    if bad:
+        raise ckpt.CheckpointError(f"{path}: parameters {', '.join(bad[:3])} hold NaN or infinite "
+                                   "values; this checkpoint cannot score text")
+    return model, params, vocab, meta
 
 
 def resume_config(saved: TrainConfig, overrides: dict) -> tuple[TrainConfig, list[str]]:
