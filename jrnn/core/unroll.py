@@ -159,6 +159,27 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
     return carry, hs
 
 
+def _prepare(xs, input_size: int, time_major: bool, lengths, dropout: float, key, layers: int):
+    """Checked time-major inputs, lengths, dropout rate and one dropout key per layer."""
+    xs = check_sequence(xs, input_size, time_major=time_major)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)
+    T, B, _ = xs.shape
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
+    dropout = check_rate("dropout", dropout)
+    layer_keys = jax.random.split(key, layers) if (key is not None and dropout > 0) else None
+    return xs, lengths, dropout, layer_keys
+
+
+def _between_layers(hs: Array, layer: int, layer_keys, dropout: float) -> Array:
+    """Dropout on a layer's input, for every layer after the first (only with a key)."""
+    if layer == 0 or layer_keys is None:
+        return hs
+    keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
+    return jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+
+
 def unroll(
     cell: Union[Cell, Sequence[Cell]],
     params: Union[dict, Sequence[dict]],
@@ -237,23 +258,14 @@ def unroll(
     if len(carries) != len(cells):
         raise ValueError(f"got {len(cells)} cells but {len(carries)} carries")
 
-    xs = check_sequence(xs, params_list[0]["W"].shape[0], time_major=time_major)
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)
+    xs, lengths, dropout, layer_keys = _prepare(
+        xs, params_list[0]["W"].shape[0], time_major, lengths, dropout, key, len(cells))
     T, B, _ = xs.shape
-    if lengths is not None:
-        lengths = check_lengths(lengths, T, B)
-    dropout = check_rate("dropout", dropout)
-    layer_keys = (
-        jax.random.split(key, len(cells)) if (key is not None and dropout > 0) else None
-    )
 
     finals = []
     hs = xs
     for layer, (c, p, c0) in enumerate(zip(cells, params_list, carries)):
-        if layer > 0 and layer_keys is not None:
-            keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
-            hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+        hs = _between_layers(hs, layer, layer_keys, dropout)
         where = f"layer {layer}" if stacked else "the cell"
         c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
@@ -336,29 +348,22 @@ def bidirectional(
     params_list = _pairs("params", params, len(cells))
     carries = [(None, None)] * len(cells) if carry is None else _pairs("carry", carry, len(cells))
 
-    xs = check_sequence(xs, params_list[0][0]["W"].shape[0], time_major=time_major)
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)
+    xs, lengths, dropout, layer_keys = _prepare(
+        xs, params_list[0][0]["W"].shape[0], time_major, lengths, dropout, key, len(cells))
     T, B, _ = xs.shape
-    if lengths is not None:
-        lengths = check_lengths(lengths, T, B)
-    dropout = check_rate("dropout", dropout)
-    layer_keys = (
-        jax.random.split(key, len(cells)) if (key is not None and dropout > 0) else None
-    )
 
     finals = []
     hs = xs
     for layer, (pair, p_pair, c_pair) in enumerate(zip(cells, params_list, carries)):
-        if layer > 0 and layer_keys is not None:
-            keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
-            hs = jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+        hs = _between_layers(hs, layer, layer_keys, dropout)
         outs, layer_finals = [], []
         for c, p, c0, reverse in zip(pair, p_pair, c_pair, (False, True)):
             if p["W"].shape[0] != hs.shape[-1]:
                 raise ValueError(
                     f"layer {layer}: W reads {p['W'].shape[0]} features but its input has "
                     f"{hs.shape[-1]} (layers after the first read 2H: both directions)")
+            direction = "backward" if reverse else "forward"
+            c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {layer} ({direction})")
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
             final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
             outs.append(out)

@@ -42,12 +42,19 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import numpy as np
 
-from jrnn.data import Corpus, DataError, Vocabulary, batchify
+from jrnn.data import Corpus, Vocabulary, batchify
 from jrnn.models.lm import LanguageModel, nnlm, rnn_lm
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed, runs
 from jrnn.training.config import ConfigError, TrainConfig
-from jrnn.training.loop import evaluate, make_optimizer, set_learning_rate, train_epoch, train_epoch_fused, zaremba_lr
+from jrnn.training.loop import (
+    evaluate,
+    make_optimizer,
+    set_learning_rate,
+    train_epoch,
+    train_epoch_fused,
+    zaremba_lr,
+)
 from jrnn.training.step import (
     TrainState,
     init_train_state,
@@ -520,6 +527,3 @@ def fit(
                                "history": history, "skipped_windows": skipped})
     return result
 
-
-# A data error found by the loaders is a FitError to callers of fit.
-FIT_ERRORS = (FitError, DataError, ckpt.CheckpointError, ConfigError)
