@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--context-size", type=int, help="NNLM only: words of context")
     t.add_argument("--dropout", type=float)
     t.add_argument("--tie", action="store_true", default=None, help="tie input and output embeddings")
+    t.add_argument("--variational", action="store_true", default=None,
+                   help="--dropout with one mask per sequence, shared over time (Gal & Ghahramani)")
+    t.add_argument("--recurrent-dropout", type=float,
+                   help="variational dropout on h_{t-1} inside the recurrence (LSTM, Elman)")
+    t.add_argument("--weight-dropout", type=float,
+                   help="DropConnect on each layer's W_h, one mask per forward pass (AWD-LSTM)")
+    t.add_argument("--embedding-dropout", type=float,
+                   help="drop whole words from the embedding matrix (AWD-LSTM)")
     t.add_argument("--init-scale", type=float)
     t.add_argument("--forget-bias", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])

@@ -78,6 +78,10 @@ class LMConfig(NamedTuple):
     remat: bool = False
     custom_vjp: bool = True
     scan_unroll: Optional[int] = None
+    variational: bool = False
+    recurrent_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    embedding_dropout: float = 0.0
 
 
 class NNLMConfig(NamedTuple):
@@ -128,6 +132,28 @@ def _dropout(key, rate: float, x: Array) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def _locked_dropout(key, rate: float, x: Array) -> Array:
+    """Dropout on time-major ``x: [T, B, F]`` with one mask per sequence, shared over time."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, (1, *x.shape[1:]))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _recurrent_dropout(cell, key, rate: float, batch: int, dtype):
+    """``cell`` whose step sees ``h_{t-1}`` times one mask per sequence (variational)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, (batch, cell.hidden_size))
+    mask = jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+
+    def step(params, carry, x):
+        masked = carry._replace(h=carry.h * mask) if hasattr(carry, "h") else carry * mask
+        new_carry, h = cell.step(params, masked, x)
+        # For the LSTM the memory cell passes on unmasked; for Elman h is the state itself.
+        return new_carry, h
+
+    return cell._replace(step=step)
+
+
 def _uniform(key, shape, scale, dtype):
     return jax.random.uniform(key, shape, dtype, -scale, scale)
 
@@ -149,8 +175,29 @@ def rnn_lm(
     remat: bool = False,
     custom_vjp: bool = True,
     unroll: Any = None,
+    variational: bool = False,
+    recurrent_dropout: float = 0.0,
+    weight_dropout: float = 0.0,
+    embedding_dropout: float = 0.0,
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
+
+    Regularization inside the recurrence (all off by default, all only when
+    ``apply`` gets a ``key``, so evaluation is deterministic; the same key
+    gives the same masks):
+
+    * ``variational``: the ``dropout`` masks on the embeddings, between layers
+      and on the outputs are drawn once per sequence and shared by every
+      timestep (Gal & Ghahramani 2016's locked dropout) instead of afresh
+      per element;
+    * ``recurrent_dropout``: one mask per sequence on the state ``h_{t-1}`` fed
+      to ``W_h`` (LSTM, Elman and linear cells; a wrapped step, so the
+      recurrence runs with autodiff instead of the hand-written pass);
+    * ``weight_dropout``: DropConnect on each layer's ``W_h``, one mask per
+      forward pass (Merity et al. 2017's weight-dropped LSTM; the hand-written
+      pass still applies);
+    * ``embedding_dropout``: whole words dropped from the embedding matrix,
+      one mask per forward pass (Merity et al. 2017).
 
     Dropout (rate ``dropout``, only when ``apply`` gets a ``key``) is applied
     to the embeddings, between layers and to the last layer's outputs, as in
@@ -186,8 +233,14 @@ def rnn_lm(
     config = LMConfig(
         vocab_size, cell, activation, embed_size, hidden_size, num_layers,
         check_rate("dropout", dropout), bool(tie_embeddings), init_scale, float(forget_bias),
-        method, bool(remat), bool(custom_vjp), scan_unroll,
+        method, bool(remat), bool(custom_vjp), scan_unroll, bool(variational),
+        check_rate("recurrent_dropout", recurrent_dropout),
+        check_rate("weight_dropout", weight_dropout),
+        check_rate("embedding_dropout", embedding_dropout),
     )
+    if config.recurrent_dropout and cell == "gru":
+        raise ValueError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
+                         "reuses h_{t-1} in its update gate, where a mask would change the state")
     for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
         positive_int(name, getattr(config, name))
     if cell not in CELL_KINDS:
@@ -221,14 +274,35 @@ def rnn_lm(
     def initial_carry(batch_size: int, dtype=jnp.float32):
         return [c.initial_carry((batch_size,), dtype) for c in layer_cells]
 
+    regularized = config.variational or config.recurrent_dropout or config.weight_dropout
+
     def recurrence(params, xs, carry=None, *, lengths=None, key=None, cells=None):
         """``xs: float[T, B, E]`` embedded inputs -> ``(hs: float[T, B, H], carry)``."""
-        carry, hs = unroll_cells(
-            list(layer_cells if cells is None else cells), params["layers"], xs, carry,
-            lengths=lengths, method=config.method, scan_unroll=config.scan_unroll,
-            dropout=config.dropout, key=key, custom_vjp=config.custom_vjp,
-        )
-        return hs, carry
+        cells = list(layer_cells if cells is None else cells)
+        if key is None or not regularized:
+            carry, hs = unroll_cells(
+                cells, params["layers"], xs, carry, lengths=lengths, method=config.method,
+                scan_unroll=config.scan_unroll, dropout=config.dropout, key=key,
+                custom_vjp=config.custom_vjp,
+            )
+            return hs, carry
+        # Layer by layer, with the masks of the regularization options.
+        carries = [None] * len(cells) if carry is None else list(carry)
+        finals, hs = [], xs
+        for layer, (c, p, c0, k) in enumerate(zip(cells, params["layers"], carries,
+                                                   jax.random.split(key, len(cells)))):
+            k_in, k_rec, k_w = jax.random.split(k, 3)
+            if layer > 0:
+                hs = (_locked_dropout(k_in, config.dropout, hs) if config.variational
+                      else _dropout(k_in, config.dropout, hs))
+            if config.weight_dropout:
+                p = {**p, "W_h": _dropout(k_w, config.weight_dropout, p["W_h"])}
+            if config.recurrent_dropout:
+                c = _recurrent_dropout(c, k_rec, config.recurrent_dropout, hs.shape[1], hs.dtype)
+            final, hs = unroll_cells(c, p, hs, c0, lengths=lengths, method=config.method,
+                                     scan_unroll=config.scan_unroll, custom_vjp=config.custom_vjp)
+            finals.append(final)
+        return hs, finals
 
     def readout(params):
         """The output layer: ``(W_out [H, V], b_out [V])``."""
@@ -237,11 +311,18 @@ def rnn_lm(
 
     def _hidden_states(params, tokens, carry, lengths, key):
         tokens = check_tokens(tokens, V)
-        k_in, k_mid, k_out = jax.random.split(key, 3) if key is not None else (None,) * 3
+        k_in, k_mid, k_out, k_emb = (jax.random.split(key, 4) if key is not None
+                                     else (None,) * 4)
+        embed = params["embed"]
+        if k_emb is not None and config.embedding_dropout:
+            # Whole words: one keep/drop per row of the embedding matrix.
+            keep = jax.random.bernoulli(k_emb, 1.0 - config.embedding_dropout, (embed.shape[0], 1))
+            embed = jnp.where(keep, embed / (1.0 - config.embedding_dropout), 0).astype(embed.dtype)
+        drop = _locked_dropout if config.variational else _dropout
         # Gather straight into time-major [T, B, E]: transposing ids is free.
-        xs = _dropout(k_in, config.dropout, params["embed"][tokens.T])
+        xs = drop(k_in, config.dropout, embed[tokens.T])
         hs, carry = recurrence(params, xs, carry, lengths=lengths, key=k_mid)
-        return _dropout(k_out, config.dropout, hs), carry
+        return drop(k_out, config.dropout, hs), carry
 
     def features(params, tokens, carry=None, *, lengths=None, key=None):
         """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out [H, V], b_out [V]), carry)``."""

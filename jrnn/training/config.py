@@ -84,6 +84,10 @@ class TrainConfig:
     seed: int = 0
     unroll: Union[str, int] = "auto"
     remat: bool = False
+    variational: bool = False
+    recurrent_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    embedding_dropout: float = 0.0
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -95,7 +99,11 @@ class TrainConfig:
         for name in ("layers", "embed_size", "hidden_size", "context_size", "decay_start",
                      "epochs", "batch_size", "bptt"):
             _positive_int(name, getattr(self, name))
-        _finite("dropout", self.dropout, low=0.0, low_open=False, high=1.0, high_open=True)
+        for name in ("dropout", "recurrent_dropout", "weight_dropout", "embedding_dropout"):
+            _finite(name, getattr(self, name), low=0.0, low_open=False, high=1.0, high_open=True)
+        if self.recurrent_dropout and self.cell in ("gru", "nnlm"):
+            raise ConfigError(f"recurrent_dropout is for the LSTM, Elman and linear cells, "
+                              f"not {self.cell!r}")
         _finite("lr", self.lr, low=0.0)
         _finite("lr_decay", self.lr_decay, low=0.0, high=1.0)
         _finite("clip", self.clip, low=0.0, low_open=False, what=" (0 turns clipping off)")

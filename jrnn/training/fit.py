@@ -134,7 +134,9 @@ def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
                   num_layers=config.layers, dropout=config.dropout, tie_embeddings=config.tie,
                   init_scale=config.init_scale, forget_bias=config.forget_bias,
                   method="auto" if auto else "scan", scan_unroll=None if auto else config.unroll,
-                  remat=config.remat)
+                  remat=config.remat, variational=config.variational,
+                  recurrent_dropout=config.recurrent_dropout, weight_dropout=config.weight_dropout,
+                  embedding_dropout=config.embedding_dropout)
 
 
 def load_for_inference(path: str):

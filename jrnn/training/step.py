@@ -99,7 +99,9 @@ def make_train_step(
     # it) and the chain's state is assembled from the two inits each step.
     clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
     tx = optimizer if clip is None else optax.chain(clip, optimizer)
-    use_dropout = getattr(model.config, "dropout", 0.0) > 0
+    # A key reaches the model only when it has something random to do with it.
+    use_dropout = any(getattr(model.config, name, 0.0) > 0 for name in (
+        "dropout", "recurrent_dropout", "weight_dropout", "embedding_dropout"))
 
     def loss_fn(params, inputs, targets, carry, mask, key):
         return sequence_loss(
