@@ -49,6 +49,7 @@ from flax import nnx
 from jrnn.core.cells import Cell
 from jrnn.core.masking import reverse_within_lengths
 from jrnn.core.unroll import bidirectional, unroll
+from jrnn.core.validation import check_rate
 
 Array = jax.Array
 
@@ -569,9 +570,7 @@ class NNXStack(nnx.Module):
         unroll: int = 1,
     ):
         self.cells = _check_cells(cells)
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        self.dropout_rate = dropout_rate
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
         self.deterministic = False
         self.time_major = time_major
         self.return_carry = return_carry
@@ -703,9 +702,7 @@ class NNXBidirectionalStack(nnx.Module):
         unroll: int = 1,
     ):
         self.cells = _check_pairs(cells)
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-        self.dropout_rate = dropout_rate
+        self.dropout_rate = check_rate("dropout_rate", dropout_rate)
         self.deterministic = False
         self.time_major = time_major
         self.return_carry = return_carry
