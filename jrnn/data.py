@@ -9,6 +9,7 @@ as a token.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
@@ -429,15 +430,37 @@ def download(name: str, cache_dir: Optional[str] = None, *, timeout: float = 10.
     fetched again.  Without a network this fails fast with a :class:`DataError`
     that says how to point jrnn at local files instead.
     """
-    import json
-    import urllib.error
-    import urllib.request
-
     table = files if files is not None else CORPORA.get(name)
     if table is None:
         raise DataError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
     target = os.path.join(cache_dir or default_cache_dir(), name)
     os.makedirs(target, exist_ok=True)
+    # Several processes of one run (or several runs) may ask at once: one downloads,
+    # the others wait on the lock and then find the files cached.
+    with _file_lock(os.path.join(target, ".lock")):
+        return _download_locked(name, target, table, timeout)
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download_locked(name: str, target: str, table: dict, timeout: float) -> str:
+    import json
+    import urllib.error
+    import urllib.request
+
     manifest_path = os.path.join(target, "manifest.json")
     manifest = {}
     if os.path.exists(manifest_path):

@@ -111,6 +111,38 @@ def test_download_verifies_checksum_and_caches(tmp_path):
                    files={"x.txt": ((tmp_path / "cache" / "toy" / "x.txt").as_uri(), "0" * 32)})
 
 
+def test_concurrent_downloads_fetch_once(tmp_path, monkeypatch):
+    """Processes of one run asking at once: one fetches, the others wait and find the cache."""
+    import io
+    import threading
+    import time
+    import urllib.request
+
+    fetched = []
+
+    class Slow(io.BytesIO):
+        def __enter__(self):
+            return self
+
+    def fake_urlopen(url, timeout):
+        fetched.append(url)
+        time.sleep(0.3)  # long enough for the other thread to arrive mid-download
+        return Slow(b"same text\n")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    files = {"x.txt": ("http://example.invalid/x.txt", None)}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        D.download("toy", str(tmp_path), files=files))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and len(set(results)) == 1
+    assert fetched == ["http://example.invalid/x.txt"]
+    assert open(os.path.join(results[0], "x.txt")).read() == "same text\n"
+
+
 def test_download_without_network_fails_fast_with_advice(tmp_path):
     files = {"x.txt": ("http://127.0.0.1:9/nothing.txt", None)}
     with pytest.raises(D.DataError, match="pass it with --data"):

@@ -92,10 +92,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute each step in the backward pass (less memory, long sequences)")
     t.add_argument("--data-parallel", action="store_true",
                    help="shard the batch over all local devices (parameters replicated)")
-    t.add_argument("--coordinator", help="multi-host: address:port of process 0 "
-                                         "(with --num-processes and --process-id)")
-    t.add_argument("--num-processes", type=int)
-    t.add_argument("--process-id", type=int)
+    t.add_argument("--coordinator", help="several processes: host:port of process 0 "
+                                         "(with --num-processes and --process-id); left out "
+                                         "under SLURM, Open MPI, TPU pods and JobSet")
+    t.add_argument("--num-processes", type=int, help="how many processes train together")
+    t.add_argument("--process-id", type=int, help="this process's number, 0 .. N-1")
+    t.add_argument("--local-device-ids", help="devices of this host for this process, e.g. 0 "
+                                              "or 0,1 (one process per GPU)")
+    t.add_argument("--join-timeout", type=int, default=60,
+                   help="seconds to wait for the other processes, and after which a silent one "
+                        "counts as dead (default 60)")
     t.add_argument("--seed", type=int)
     t.add_argument("--out", default=None,
                    help="the run directory (default: a new runs/<n>, with runs/latest pointing "
@@ -164,16 +170,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from jrnn.cli import commands
 
     try:
-        return commands.COMMANDS[args.command](args)
+        code = commands.COMMANDS[args.command](args)
     except commands.NONFINITE as e:
         print(f"jrnn: error: {e}", file=sys.stderr)
-        return 3
+        code = 3
     except commands.USER_ERRORS as e:
         print(f"jrnn: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("jrnn: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    except commands.GROUP_LOST as e:
+        if not commands.in_group():
+            raise
+        # A collective failed: another process of the group died.  JAX's shutdown would
+        # wait for it at a barrier, then abort; leave now (files are written and closed).
+        print(f"jrnn: error: {commands.group_lost_message(e)}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(4)
+    return code
 
 
 if __name__ == "__main__":

@@ -145,24 +145,61 @@ def _train_data(args):
     return corpus, info
 
 
+_GROUP = {"joined": False}
+
+
+def _join_group(args) -> Optional[str]:
+    """Join the process group the options or the environment describe (before anything
+    asks JAX for a device).  Returns a label for this process, or None when alone."""
+    explicit = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            _fail("--coordinator, --num-processes and --process-id go together")
+        _positive("--num-processes", args.num_processes)
+        if not 0 <= args.process_id < args.num_processes:
+            _fail(f"--process-id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+    elif distributed.cluster_environment() is None:
+        if args.local_device_ids is not None:
+            _fail("--local-device-ids needs a process group (--coordinator ...)")
+        return None
+    _positive("--join-timeout", args.join_timeout)
+    local = None
+    if args.local_device_ids is not None:
+        try:
+            local = [int(i) for i in args.local_device_ids.split(",")]
+        except ValueError:
+            _fail(f"--local-device-ids takes numbers like 0 or 0,1, got {args.local_device_ids!r}")
+    try:
+        index, count = distributed.initialize_multihost(
+            args.coordinator, args.num_processes, args.process_id, local_device_ids=local,
+            timeout_s=args.join_timeout)
+    except distributed.DistributedError as e:
+        raise UserError(str(e)) from None
+    _GROUP["joined"] = count > 1
+    return f"process {index}/{count}" if count > 1 else None
+
+
 def cmd_train(args) -> int:
     """``jrnn train``: options -> :func:`jrnn.training.fit.fit` -> printed progress."""
+    who = _join_group(args)  # first: jax.distributed must start before the backend does
     if not args.release_host_memory and jax.default_backend() == "cpu":
         keep_host_memory()  # faster steps on a CPU (jrnn/training/runtime.py)
-    if args.coordinator or args.num_processes:
-        distributed.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
     config = None if args.resume else _config(args)
+    leader = jax.process_index() == 0
     corpus, info = _train_data(args)
-    progress = _Progress(args.quiet)
+    progress = _Progress(args.quiet or not leader)  # one progress display for the group
+    message = (lambda text: print(text, file=sys.stderr)) if leader else None
     result = fit_module.fit(
         config, corpus, args.out, runs_root=args.runs, data_info=info, resume=args.resume,
         overrides=_overrides(args), overwrite=args.overwrite, on_nonfinite=args.on_nonfinite,
         max_windows=args.max_windows, save_every=args.save_every, fused_epoch=args.fused_epoch,
         data_parallel=args.data_parallel, callbacks=fit_module.Callbacks(
-            on_start=progress.start, on_window=progress, on_epoch=progress.epoch_done,
-            on_message=lambda text: print(text, file=sys.stderr)))
+            on_start=progress.start if leader else None, on_window=progress if leader else None,
+            on_epoch=progress.epoch_done if leader else None, on_message=message))
+    prefix = f"{who}: " if who else ""
     if not result.complete:
-        print(f"continue with `jrnn train --out {result.run_dir} --resume`", file=sys.stderr)
+        if leader:
+            print(f"continue with `jrnn train --out {result.run_dir} --resume`", file=sys.stderr)
         return 130
     if result.state is None:  # resumed a finished run: nothing was changed
         return 0
@@ -170,8 +207,20 @@ def cmd_train(args) -> int:
     test = f"test ppl {result.test_ppl:.2f}" if result.test_ppl is not None else "test ppl n/a"
     best = f"best valid {result.best_valid_ppl:.2f}" if result.best_valid_ppl is not None else "no finite valid ppl"
     skipped = f" | {result.skipped_windows} non-finite windows skipped" if result.skipped_windows else ""
-    print(f"{test} ({best}) | wall {result.wall_seconds:.0f}s{skipped} | saved {', '.join(saved)}")
+    where = f" | saved {', '.join(saved)}" if leader else ""
+    print(f"{prefix}{test} ({best}) | wall {result.wall_seconds:.0f}s{skipped}{where}")
     return 0
+
+
+def in_group() -> bool:
+    """Whether this process joined a group of several (``jrnn train --coordinator ...``)."""
+    return _GROUP["joined"]
+
+
+def group_lost_message(error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"process {jax.process_index()} lost the process group ({first[:200]}); "
+            "the last checkpoint written stays loadable")
 
 
 load_for_use = fit_module.load_for_inference
@@ -286,6 +335,7 @@ def cmd_generate(args) -> int:
 # The errors that end a command with one line and exit code 2 (3: a non-finite run).
 USER_ERRORS = (UserError, DataError, CheckpointError, fit_module.FitError, ConfigError)
 NONFINITE = fit_module.NonFiniteError
+GROUP_LOST = jax.errors.JaxRuntimeError  # only caught when several processes train together
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "next": cmd_next,
             "generate": cmd_generate}

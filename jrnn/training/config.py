@@ -162,6 +162,12 @@ PRESETS: dict[str, TrainConfig] = {
         cell="lstm", layers=2, embed_size=1500, hidden_size=1500, dropout=0.65, init_scale=0.04,
         optimizer="sgd", lr=1.0, lr_decay=1 / 1.15, decay_start=14, clip=10.0, epochs=55,
         batch_size=20, bptt=35),
+    # zaremba-small's 2x200 LSTM with variational dropout (Gal & Ghahramani 2016: one
+    # mask per sequence on the embeddings and on each layer's output) and a later lr decay.
+    "small-variational": DEFAULT.replace(
+        cell="lstm", layers=2, embed_size=200, hidden_size=200, dropout=0.2, variational=True,
+        init_scale=0.1, optimizer="sgd", lr=1.0, lr_decay=0.5, decay_start=5, clip=5.0,
+        epochs=14, batch_size=20, bptt=35),
     # A vanilla tanh RNN LM in the spirit of Mikolov's RNNLM, for the comparison.
     # Dropout on the non-recurrent connections (Zaremba-style) and tied embeddings.
     "elman-ptb": DEFAULT.replace(

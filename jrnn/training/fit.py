@@ -330,8 +330,27 @@ def fit(
                        f"got {save_every!r}")
     say = callbacks.on_message or (lambda text: None)
     t_start = time.perf_counter()
-    run_dir = _prepare_dir(out, runs_root, resume, overwrite)
-    for stale in runs.remove_stale_temporaries(run_dir):
+    # Several processes (jax.distributed) are one data-parallel run: process 0 decides
+    # the run directory and writes every file; all of them train and evaluate.
+    multi = distributed.is_multiprocess()
+    leader = jax.process_index() == 0
+    if multi:
+        if fused_epoch:
+            raise FitError(f"fused_epoch runs an epoch in one call of one process; with "
+                           f"{jax.process_count()} processes leave it out")
+        data_parallel = True
+        decided = ""
+        if leader:
+            try:
+                decided = "ok:" + _prepare_dir(out, runs_root, resume, overwrite)
+            except (FitError, OSError) as e:
+                decided = "error:" + str(e)
+        kind, _, run_dir = distributed.broadcast_text(decided).partition(":")
+        if kind == "error":
+            raise FitError(run_dir)
+    else:
+        run_dir = _prepare_dir(out, runs_root, resume, overwrite)
+    for stale in runs.remove_stale_temporaries(run_dir) if leader else ():
         say(f"removed {stale}, left by an interrupted save")
     last_path, best_path = os.path.join(run_dir, "last.ckpt"), os.path.join(run_dir, "best.ckpt")
     summary_path = os.path.join(run_dir, "summary.json")
@@ -381,6 +400,9 @@ def fit(
         if start_window:
             carry = ckpt.load_carry(meta, model.initial_carry(config.batch_size), last_path)
             totals = tuple(meta["epoch_totals"])
+        if resume and multi:
+            say("every process read the checkpoint (a run over several hosts needs its run "
+                "directory on a shared filesystem to resume)")
         say(f"resuming {run_dir}: epoch {start_epoch + 1}, window {start_window}, "
             f"step {int(state.step)}")
 
@@ -395,6 +417,11 @@ def fit(
                            f"devices; use a multiple of {mesh.size}")
         step = distributed.make_sharded_train_step(model, optimizer, mesh=mesh, clip_norm=clip,
                                                    skip_nonfinite=True)
+        # Each process feeds its own rows of every window; the step assembles the global batch.
+        rows = distributed.process_rows(config.batch_size, mesh)
+        streams = streams[rows]
+        if carry is not None:
+            carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[rows], carry)
     else:
         mesh = None
         step = make_train_step(model, optimizer, clip_norm=clip, skip_nonfinite=True)
@@ -408,7 +435,7 @@ def fit(
             "valid_tokens": len(corpus.valid), "test_tokens": len(corpus.test),
             "params": sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(state.params)),
             "backend": jax.default_backend(), "devices": mesh.size if mesh is not None else 1,
-            "data_parallel": mesh is not None,
+            "data_parallel": mesh is not None, "processes": jax.process_count(),
             "config": config,
         })
 
@@ -420,6 +447,15 @@ def fit(
         if totals is not None:
             m["epoch_totals"] = list(totals)
         return m
+
+    def save(path, st, meta, carry=None):
+        if multi:  # gather the sharded carry (every process), then write once
+            st, carry = distributed.to_host(st), distributed.to_host(carry)
+        if leader:
+            ckpt.save(path, st, meta, carry=carry)
+
+    def host_params(st):  # evaluation runs in each process on its own device
+        return distributed.to_host(st.params) if multi else st.params
 
     def nonfinite(epoch, window, m, step_no):
         flags = np.asarray(m.get("finite_leaves", []), bool)
@@ -435,6 +471,8 @@ def fit(
             step=step_no, epoch=epoch, window=window, parameters=broke)
 
     stop = threading.Event()
+    halted = False  # stop agreed by every process
+    best_params = None  # multi-process: the best parameters, kept in memory
     old_handlers = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -447,18 +485,21 @@ def fit(
             running_totals = totals
 
             def should_stop(i, st, c, m, running, epoch=epoch):
-                nonlocal last_save, skipped, running_totals
+                nonlocal last_save, skipped, running_totals, halted
                 running_totals = running
-                if not m["finite"]:
+                if not m["finite"]:  # the loss is global: every process sees the same
                     if not skip:
                         raise nonfinite(epoch, i, m, int(st.step) + 1)
                     skipped += 1
-                if stop.is_set():
+                # A signal or a clock reaches each process on its own: act on them together.
+                halted, due = distributed.any_process(
+                    stop.is_set(), time.perf_counter() - last_save > save_every)
+                if halted:
                     return True
                 if max_windows is not None and i + 1 >= start_window + max_windows:
                     return True
-                if time.perf_counter() - last_save > save_every:
-                    ckpt.save(last_path, st, meta_for(epoch, i + 1, running), carry=c)
+                if due:
+                    save(last_path, st, meta_for(epoch, i + 1, running), carry=c)
                     last_save = time.perf_counter()
                 return False
 
@@ -479,14 +520,14 @@ def fit(
                 state, stats, next_window, carry = train_epoch(
                     step, model, state, streams, config.bptt, start_window=start_window,
                     carry=carry, totals=totals, on_window=on_window, should_stop=should_stop)
-            if stop.is_set() and epoch_fn is None and next_window < -(-(streams.shape[1] - 1) // config.bptt):
-                ckpt.save(last_path, state, meta_for(epoch, next_window, running_totals), carry=carry)
+            if halted and epoch_fn is None and next_window < -(-(streams.shape[1] - 1) // config.bptt):
+                save(last_path, state, meta_for(epoch, next_window, running_totals), carry=carry)
                 say(f"interrupted: saved {last_path} at epoch {epoch + 1}, window {next_window}")
                 return FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
                                  last_path, best if math.isfinite(best) else None, None, False, skipped,
                                  time.perf_counter() - t_start)
             start_window, carry, totals = 0, None, None
-            valid_ppl, _ = evaluate(model, state.params, corpus.valid, eval_step=eval_step,
+            valid_ppl, _ = evaluate(model, host_params(state), corpus.valid, eval_step=eval_step,
                                     batch_size=eval_batch, bptt=config.bptt)
             improved = math.isfinite(valid_ppl) and valid_ppl < best
             if improved:
@@ -498,11 +539,14 @@ def fit(
                       "seconds": stats.seconds, "nonfinite_windows": stats.nonfinite_windows}
             history.append(record)
             if improved:
-                ckpt.save(best_path, state, meta_for(epoch + 1, 0))
-            ckpt.save(last_path, state, meta_for(epoch + 1, 0))
+                save(best_path, state, meta_for(epoch + 1, 0))
+                if multi:
+                    best_params = host_params(state)
+            save(last_path, state, meta_for(epoch + 1, 0))
             if callbacks.on_epoch is not None:
                 callbacks.on_epoch(dict(record))
-            if stop.is_set():
+            halted = distributed.any_process(stop.is_set())[0]
+            if halted:
                 say(f"interrupted: saved {last_path} after epoch {epoch + 1}")
                 return FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
                                  last_path, best if math.isfinite(best) else None, None, False, skipped,
@@ -511,21 +555,25 @@ def fit(
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
 
-    if os.path.exists(best_path):
+    if best_params is not None:
+        test_params = best_params
+    elif os.path.exists(best_path):
         _, raw = ckpt.load_raw(best_path)
-        best_state = ckpt.restore_into(state, raw, best_path)
+        test_params = ckpt.restore_into(state, raw, best_path).params
     else:
         say("no epoch gave a finite validation perplexity: testing the last state")
-        best_state = state
-    test_ppl, n_test = evaluate(model, best_state.params, corpus.test, eval_step=eval_step,
+        test_params = host_params(state)
+    test_ppl, n_test = evaluate(model, test_params, corpus.test, eval_step=eval_step,
                                 batch_size=eval_batch, bptt=config.bptt)
     wall = time.perf_counter() - t_start
     result = FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
                        last_path, best if math.isfinite(best) else None,
                        test_ppl if math.isfinite(test_ppl) else None, True, skipped, wall)
-    _write_json(summary_path, {"test_ppl": result.test_ppl, "test_tokens": n_test,
-                               "best_valid_ppl": result.best_valid_ppl, "wall_seconds": wall,
-                               "config": config.to_dict(), **(data_info or {}),
-                               "history": history, "skipped_windows": skipped})
+    if leader:
+        _write_json(summary_path, {"test_ppl": result.test_ppl, "test_tokens": n_test,
+                                   "best_valid_ppl": result.best_valid_ppl, "wall_seconds": wall,
+                                   "config": config.to_dict(), **(data_info or {}),
+                                   "history": history, "skipped_windows": skipped,
+                                   "processes": jax.process_count()})
     return result
 
