@@ -8,8 +8,10 @@ the code that runs the choice.  Each entry says where its figure was measured
 The choices:
 
 * :func:`choose_method` -- how :func:`jrnn.unroll` runs a layer: the method
-  (``"scan"``, ``"associative"``, ``"doubling"``; the GPU kernels will add
-  theirs) and ``lax.scan``'s unroll factor;
+  (``"scan"``, ``"associative"``, ``"doubling"``, the GPU kernels
+  ``"pallas"`` / ``"pallas-bf16"`` and ``"cudnn"``) and ``lax.scan``'s unroll
+  factor.  A kernel chosen here that cannot run a layer (too large for its
+  on-chip budget, ``lengths``, another backend) gives way to the scan;
 * :func:`cross_entropy_chunk_rows` -- rows per chunk of the chunked softmax
   output layer (:func:`jrnn.core.backward.softmax_cross_entropy`).
 """
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 # Every value ``method=`` accepts, "auto" included.
-METHODS = ("auto", "scan", "associative", "doubling")
+METHODS = ("auto", "scan", "associative", "doubling", "pallas", "pallas-bf16", "cudnn")
 
 
 class Choice(NamedTuple):

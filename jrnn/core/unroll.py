@@ -8,6 +8,11 @@ running it; *how* is the ``method`` argument:
   ``custom_vjp``), unrolled ``scan_unroll`` steps at a time;
 * ``"associative"`` / ``"doubling"`` -- a *linear* recurrence in
   ``O(log T)`` depth (:mod:`jrnn.core.parallel`);
+* ``"pallas"`` / ``"pallas-bf16"`` -- the fused GPU kernels of
+  :mod:`jrnn.core.pallas` (time loop inside one kernel; bf16 matmul operands
+  with float32 state for the second);
+* ``"cudnn"`` -- cuDNN's LSTM through ``jax.experimental.rnn``
+  (:mod:`jrnn.core.cudnn`);
 * ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
   picks for the cell, the shape and the backend.
 
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn.core import cudnn, pallas
 from jrnn.core.cells import Cell, sequence_for
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import reverse_within_lengths, valid_steps
@@ -33,7 +39,7 @@ from jrnn.core.validation import check_lengths, check_rate, check_sequence, posi
 
 Array = jax.Array
 
-__all__ = ["unroll", "bidirectional", "auto_unroll", "resolve_method"]
+__all__ = ["unroll", "bidirectional", "auto_unroll", "resolve_method", "kernel_fallback_reason"]
 
 _UNSET = object()
 
@@ -114,12 +120,47 @@ def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: 
     return carry
 
 
+def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
+                           custom_vjp: bool = True) -> Optional[str]:
+    """Why ``method`` (a GPU kernel) would run ``cell`` with the scan instead, or ``None``.
+
+    Example:
+      >>> import jrnn
+      >>> kernel_fallback_reason(jrnn.elman(64), "pallas") is None
+      True
+      >>> kernel_fallback_reason(jrnn.elman(64), "pallas", lengths=True)
+      'sequences with lengths are not masked in the kernel'
+    """
+    if method in ("pallas", "pallas-bf16"):
+        if not custom_vjp:
+            return "custom_vjp=False asks for autodiff through the scan"
+        return pallas.fallback_reason(cell, lengths=lengths, bf16=method == "pallas-bf16")
+    if method == "cudnn":
+        return cudnn.fallback_reason(cell, lengths=lengths)
+    return None
+
+
+def _kernel_or_scan(cell: Cell, method: str, lengths: bool, custom_vjp: bool, *, explicit: bool,
+                    where: str) -> str:
+    reason = kernel_fallback_reason(cell, method, lengths=lengths, custom_vjp=custom_vjp)
+    if reason is None:
+        return method
+    if explicit:  # asked for by name: say that it was not used (auto falls back quietly)
+        warnings.warn(f"method={method!r} runs {where} with the scan instead: {reason}",
+                      RuntimeWarning, stacklevel=4)
+    return "scan"
+
+
 def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], reverse: bool,
                 method: str, scan_unroll, custom_vjp: bool):
     if method in ("associative", "doubling"):
         return associative_unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
                                   method=method)
     T, B = xs.shape[0], xs.shape[1]
+    if method == "cudnn":
+        if carry is None:
+            carry = cell.initial_carry((B,), xs.dtype)
+        return cudnn.lstm_layer(params, xs, carry, reverse=reverse, lengths=lengths)
     # Hoisted out of the loop: one [T*B, D] x [D, G*H] matmul instead of T small ones.
     xs_proj = cell.project(params, xs)
     if carry is None:
@@ -129,6 +170,9 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
         # fed to float64 params would otherwise fail deep inside XLA).
         carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
 
+    if method in ("pallas", "pallas-bf16"):
+        run = pallas.sequence(cell, bf16=method == "pallas-bf16")
+        return run(params, xs_proj, carry, reverse=reverse)
     if lengths is None:
         seq = sequence_for(cell) if custom_vjp else None
         if seq is not None:
@@ -269,6 +313,8 @@ def unroll(
         where = f"layer {layer}" if stacked else "the cell"
         c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
+        m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
+                            where=where)
         final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
         finals.append(final)
     if not time_major:
@@ -365,6 +411,8 @@ def bidirectional(
             direction = "backward" if reverse else "forward"
             c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {layer} ({direction})")
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
+            m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
+                                where=f"layer {layer}")
             final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
             outs.append(out)
             layer_finals.append(final)
