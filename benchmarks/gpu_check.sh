@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of the performance issue, as one prepared run for a
-# lent H100/H200: at most $BUDGET s (450) in all, compiles included; every
+# lent H100/H200: at most $BUDGET s (480) in all, compiles included; every
 # part has its own time limit, so a slow or failing part cannot eat the
 # others.  Run from anywhere; it works from the repository root with
 # PYTHONPATH=. (jrnn need not be installed).
@@ -10,20 +10,23 @@
 #
 # Environment: OUT (default benchmarks/out/gpu), DATA (the Penn Treebank
 # folder with ptb.{train,valid,test}.txt; default .data/ptb when it exists),
-# PYTHON (default python3), BUDGET (seconds, default 450), SMOKE.
+# PYTHON (default python3), BUDGET (seconds, default 480), SMOKE.
 #
 # Parts, in order, with their nominal time limits in s on a GPU:
 #   devices                 15  nvidia-smi, versions, CPU model
-#   check                   35  jrnn LSTM weights -> jax.experimental.rnn (lstm_ref; cuDNN on GPU)
+#   check                   40  jrnn LSTM weights -> jax.experimental.rnn (lstm_ref; cuDNN on
+#                               GPU); jrnn's pallas, pallas-bf16 and cudnn methods vs its scan
 #   peers-zaremba-small     45  } benchmarks/peers.py, one shape per process: PyTorch cuDNN
-#   peers-zaremba-medium    45  }   f32 and fp16, jax.experimental.rnn (cuDNN), jrnn unroll 8
-#   peers-large-batch       50  }   and 1 (hand-written backward) and unroll 8 with autodiff,
-#   peers-rnn-long          50  }   Flax, jrnn Pallas (n/a: a hook)
-#   peers-lstm-1024-768     50  }
+#   peers-zaremba-medium    40  }   f32 and fp16, jax.experimental.rnn (cuDNN), jrnn unroll 8
+#   peers-large-batch       45  }   and 1 (hand-written backward) and unroll 8 with autodiff,
+#   peers-rnn-long          45  }   Flax, jrnn Pallas (f32, bf16; n/a over the on-chip
+#   peers-lstm-1024-768     45  }   budget), jrnn cuDNN
+#   peers-rnn-long-128      35  }   (shapes within the Pallas budget)
+#   peers-lstm-long-64      35  }
 #   train-zaremba-small    120  jrnn train --preset zaremba-small --fused-epoch (time to ppl)
-#   train-zaremba-medium    30  the same for zaremba-medium (will be cut off; epochs recorded)
+#   train-zaremba-medium     -  the same for zaremba-medium with what is left (if >= 30 s)
 #   packing                 10
-#                        = 450  = $BUDGET
+#                        = 475 <= $BUDGET = 480 s (8 minutes)
 # A part may also use the seconds the parts before it left unused (their
 # nominal limit minus their time), so every part still gets its nominal limit
 # and the whole run stays within $BUDGET; zaremba-medium gets what is left
@@ -54,7 +57,7 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-1}
 
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-}
-BUDGET=${BUDGET:-450}
+BUDGET=${BUDGET:-480}
 RESERVE=10       # s kept for the final packing
 MIN_PART=8       # s: a part with less time left than this is skipped
 NOMINAL_DONE=0   # sum of the nominal limits of the parts run so far
@@ -84,17 +87,18 @@ if [ -n "$SMOKE" ]; then
   BUDGET=${SMOKE_BUDGET:-600}
 else
   DEVICES_LIMIT=15
-  SHAPES="zaremba-small:45 zaremba-medium:45 large-batch:50 rnn-long:50 lstm-1024-768:50"
+  SHAPES="zaremba-small:45 zaremba-medium:40 large-batch:45 rnn-long:45 lstm-1024-768:45"
+  SHAPES="$SHAPES rnn-long-128:35 lstm-long-64:35"
   PEER_TIMING=(--reps 3 --rep-seconds 0.2 --warmup 2)
   CHECK_ARGS=()
-  CHECK_LIMIT=35
+  CHECK_LIMIT=40
   SMALL_ARGS=()
   MEDIUM_ARGS=()
   SMALL_LIMIT=120
   MEDIUM_MAX=$BUDGET
 fi
 # Quick ones first: a part cut off by its limit loses the slowest compiles.
-PEERS=torch,torch-fp16,jax-cudnn,jrnn,flax,jrnn-pallas
+PEERS=torch,torch-fp16,jax-cudnn,jrnn-cudnn,jrnn-pallas,jrnn-pallas-bf16,jrnn,flax
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 

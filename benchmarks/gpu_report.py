@@ -95,7 +95,8 @@ def _impl_columns(shapes: list[dict]) -> list[tuple[str, str]]:
         u = re.search(r"u=(\d+)", a).group(1)
         cols.append((f"jrnn autodiff u={u}", a))
     cols += [(f"jrnn u={u}", f"jrnn[u={u}]") for u in unrolls]
-    cols += [("jrnn Pallas", "jrnn-pallas")]
+    cols += [("jrnn Pallas", "jrnn-pallas"), ("jrnn Pallas bf16", "jrnn-pallas-bf16"),
+             ("jrnn cuDNN", "jrnn-cudnn")]
     return cols
 
 
@@ -252,6 +253,10 @@ def _check_lines(check: Optional[dict]) -> list[str]:
             f"{k[6:]} {v:.1e}" if isinstance(v, float) else f"{k[6:]} {v}" for k, v in cud.items()))
     if "check_large" in check:
         out.append(f"   H=768 B16 T16: max abs diff {check['check_large']['max_abs_diff']:.2e}")
+    if check.get("backends"):
+        out.append("   jrnn methods vs its scan (values, grads): " + ", ".join(
+            f"{k} {v:.1e}" if isinstance(v, float) else f"{k} FAILED ({v[:120]})"
+            for k, v in check["backends"].items()))
     if "emulated" in check:
         out.append(f"   jax-cudnn runner on a CPU emulation of cuDNN (smoke): {check['emulated']}")
     return out
@@ -318,7 +323,7 @@ def main(argv=None) -> int:
                   "jrnn autodiff: custom_vjp=False; torch fp16: .half() model, loss in f32; "
                   "jax cuDNN: jax.experimental.rnn.lstm, f32; every f32 column runs at its "
                   "library's default precision (cuDNN and XLA may use TF32 on this GPU); "
-                  "jrnn Pallas: hook only, no kernels yet.", ""]
+                  "jrnn Pallas: fused kernels (jrnn.core.pallas; bf16: bf16 matmul operands, f32 state); jrnn cuDNN: method=\"cudnn\" (jax.experimental.rnn with jrnn's params).", ""]
         lines += shape_notes(shapes, status)
     else:
         table = []

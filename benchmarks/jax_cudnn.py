@@ -272,6 +272,44 @@ def emulated_runner_check() -> dict:
     return out
 
 
+def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40) -> dict:
+    """jrnn's GPU methods against its own scan, values and gradients: ``{name: max abs diff}``.
+
+    ``pallas`` for every cell (compiled on a GPU, interpret mode elsewhere),
+    ``pallas-bf16`` for the LSTM, and ``cudnn`` (``jrnn.unroll(method="cudnn")``,
+    the layout of :mod:`jrnn.core.cudnn`) on a GPU.  At HIGHEST precision.
+    """
+    import warnings
+
+    out: dict = {}
+    cases = [("pallas", k) for k in ("elman", "lstm", "gru")] + [("pallas-bf16", "lstm")]
+    if jax.default_backend() == "gpu":
+        cases.append(("cudnn", "lstm"))
+    for method, kind in cases:
+        name = f"{method}/{kind}"
+        try:
+            cell = jrnn.make_cell(kind, H)
+            params = cell.init(jax.random.PRNGKey(0), D)
+            xs = jax.random.normal(jax.random.PRNGKey(1), (T, B, D))
+            w = jax.random.normal(jax.random.PRNGKey(2), (T, B, H))
+
+            def loss(m):
+                return jax.jit(jax.value_and_grad(
+                    lambda p, x: jnp.sum(jrnn.unroll(cell, p, x, method=m)[1] * w),
+                    argnums=(0, 1)))
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a silent fallback would make this meaningless
+                with _highest():
+                    want = loss("scan")(params, xs)
+                    got = loss(method)(params, xs)
+            out[name] = max(_max_abs(a, b) for a, b in zip(jax.tree_util.tree_leaves(got),
+                                                           jax.tree_util.tree_leaves(want)))
+        except Exception as e:  # noqa: BLE001
+            out[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--emulate", action="store_true",
@@ -297,6 +335,9 @@ def main(argv=None) -> int:
         traceback.print_exc()
         res["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
         print(f"check failed: {res['error']}")
+    res["backends"] = check_backends()
+    for k, v in res["backends"].items():
+        print(f"  jrnn method {k} vs scan: {v if isinstance(v, str) else format(v, '.2e')}")
     if args.emulate:
         if jax.default_backend() != "cpu":
             res["emulated"] = "skipped: --emulate is for the CPU"

@@ -9,8 +9,10 @@ note (``pip install -e .[bench]`` plus ``torch``).  Opt-in peers (name them in
 ``.half()``, the loss in float32, no grad scaler: a speed measurement; on a
 GPU cuDNN picks its persistent LSTM kernels when it can), ``jax-cudnn``
 (``jax.experimental.rnn.lstm``, JAX's binding of cuDNN's LSTM: LSTM only,
-float32, CUDA only) and ``jrnn-pallas`` (a hook for Pallas kernels that do not
-exist yet: reported as n/a).  A peer that fails is reported as an error row
+float32, CUDA only), ``jrnn-pallas`` / ``jrnn-pallas-bf16`` (jrnn's fused
+Pallas kernels, ``method="pallas"``; n/a with the reason where ``W_h`` is over
+their on-chip budget) and ``jrnn-cudnn`` (``method="cudnn"``: cuDNN's LSTM
+with jrnn's params).  A peer that fails is reported as an error row
 (traceback on stderr) and the run goes on.
 
 Two kinds of shape:
@@ -123,12 +125,16 @@ SHAPES = {
                            "5.19 ms fwd+bwd (NX-AI/flashrnn)"),
     "tiny-rec": Shape("lstm", 4, 64, 16, 1, 0, "rec", "smoke test"),
     "tiny-elman-rec": Shape("elman", 4, 64, 16, 1, 0, "rec", "smoke test"),
+    "rnn-long-128": Shape("elman", 64, 1024, 128, 1, 0, "rec",
+                          "tanh RNN fwd+bwd, W_h within the Pallas kernels' on-chip budget"),
+    "lstm-long-64": Shape("lstm", 64, 1024, 64, 1, 0, "rec",
+                          "LSTM fwd+bwd, W_h within the Pallas kernels' on-chip budget"),
 }
 CPU_DEFAULT = ["zaremba-small", "gru-small", "elman-small", "long-lstm", "long-elman"]
 GPU_DEFAULT = ["zaremba-small", "zaremba-medium", "large-batch", "gru-small", "elman-small",
                "rnn-long", "long-lstm", "long-elman"]
 PEERS = ["jrnn", "flax", "equinox", "torch"]
-OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas"]
+OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas", "jrnn-pallas-bf16", "jrnn-cudnn"]
 
 
 # --------------------------------------------------------------------------
@@ -315,11 +321,12 @@ def _jrnn_cells(shape: Shape, remat: bool, bf16: bool, make_cell: Callable = Non
 
 
 def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
-             custom_vjp: bool = True, make_cell: Callable = None) -> jrnn.LanguageModel:
+             custom_vjp: bool = True, make_cell: Callable = None,
+             method: str = "scan") -> jrnn.LanguageModel:
     """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses other cells
     (wrapped ones, or those of ``make_cell(kind, H)``)."""
     base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
-                       num_layers=shape.L, method="scan", scan_unroll=unroll,
+                       num_layers=shape.L, method=method, scan_unroll=unroll,
                        custom_vjp=custom_vjp)
     if not (remat or bf16 or make_cell):
         return base
@@ -344,9 +351,10 @@ def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
 
 
 def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
-                bf16: bool = False, custom_vjp: bool = True, make_cell: Callable = None) -> Runner:
+                bf16: bool = False, custom_vjp: bool = True, make_cell: Callable = None,
+                method: str = "scan") -> Runner:
     if shape.mode == "lm":
-        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell)
+        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell, method)
         opt = optax.sgd(LR)
         state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
         step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
@@ -358,33 +366,34 @@ def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = Fals
               zip(cells, jax.random.split(jax.random.PRNGKey(0), shape.L))]
 
     def loss(params, xs):
-        return jnp.sum(jrnn.unroll(cells, params, xs, method="scan", scan_unroll=unroll,
+        return jnp.sum(jrnn.unroll(cells, params, xs, method=method, scan_unroll=unroll,
                                        custom_vjp=custom_vjp)[1])
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
 
 
-def jrnn_pallas_runner(shape: Shape, data: dict, *, unroll: int = 1) -> Runner:
-    """HOOK for jrnn's Pallas GPU kernels, which do not exist yet: reported as n/a.
+def jrnn_pallas_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runner:
+    """jrnn's fused Pallas kernels (``method="pallas"`` / ``"pallas-bf16"``): the same
+    train step or recurrence as the ``jrnn[u=...]`` rows.  A shape whose ``W_h`` is over
+    the kernels' on-chip budget is reported n/a with the reason (it would run the scan)."""
+    from jrnn.core import pallas
 
-    The contract it expects, once they are written: a module ``jrnn.pallas``
-    with ``make_cell(kind, hidden_size) -> jrnn.Cell`` whose cells carry the
-    same params as ``jrnn.make_cell``'s and run the recurrence (forward and
-    backward) in their ``sequence`` function.  They are then timed exactly as
-    the ``jrnn[u=...]`` rows (same data, same train step), in the
-    ``jrnn-pallas`` column of ``benchmarks/gpu_report.py``.  Change only this
-    function if the kernels arrive with another interface.
-    """
-    try:
-        jp = importlib.import_module("jrnn.pallas")
-    except ModuleNotFoundError as e:
-        if e.name not in ("jrnn.pallas",):
-            raise
-        raise _Skip("n/a: jrnn has no Pallas kernels yet (hook: jrnn.pallas.make_cell)")
-    if not hasattr(jp, "make_cell"):
-        raise _Skip("n/a: jrnn.pallas has no make_cell(kind, hidden_size) yet")
-    return jrnn_runner(shape, data, unroll=unroll, make_cell=jp.make_cell)
+    cell = jrnn.make_cell(shape.cell, shape.H)
+    reason = pallas.fallback_reason(cell, bf16=bf16)
+    if reason is not None:
+        raise _Skip(f"n/a: {reason}")
+    return jrnn_runner(shape, data, method="pallas-bf16" if bf16 else "pallas")
+
+
+def jrnn_cudnn_runner(shape: Shape, data: dict) -> Runner:
+    """``jrnn.unroll(..., method="cudnn")``: cuDNN's LSTM with jrnn's params converted."""
+    from jrnn.core import cudnn
+
+    reason = cudnn.fallback_reason(jrnn.make_cell(shape.cell, shape.H))
+    if reason is not None:
+        raise _Skip(f"n/a: {reason}")
+    return jrnn_runner(shape, data, method="cudnn")
 
 
 def bf16_accuracy(shape: Shape, data: dict) -> dict:
@@ -848,8 +857,9 @@ def run_shape(shape_name: str, args, save: Callable[[dict], None] = lambda res: 
     makers = {"flax": flax_runner, "equinox": equinox_runner, "torch": torch_runner,
               "torch-fp16": lambda shape, data: torch_runner(shape, data, half=True),
               "jax-cudnn": jax_cudnn_runner,
-              "jrnn-pallas": lambda shape, data: jrnn_pallas_runner(shape, data,
-                                                                    unroll=args.unroll[0])}
+              "jrnn-pallas": jrnn_pallas_runner,
+              "jrnn-pallas-bf16": lambda shape, data: jrnn_pallas_runner(shape, data, bf16=True),
+              "jrnn-cudnn": jrnn_cudnn_runner}
     for peer in args.peers:
         if peer == "jrnn":
             for u in args.unroll:
