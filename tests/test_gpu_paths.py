@@ -151,6 +151,18 @@ def test_cudnn_layout_gives_lstm_ref_jrnns_values():
     np.testing.assert_allclose(hs2, hs, rtol=1e-6)
 
 
+def test_cudnn_is_refused_under_jit_with_the_reason():
+    """On jax 0.11.2 / H100 the cuDNN binding returned wrong values under jit (jax#19177):
+    a traced call names that and runs the scan."""
+    cell = jrnn.lstm(4)
+    assert "jax-ml/jax#19177" in cudnn.fallback_reason(cell, traced=True)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jnp.ones((5, 2, 3))
+    with pytest.warns(RuntimeWarning, match="wrong values under jax.jit"):
+        hs = jax.jit(lambda p, x: jrnn.unroll(cell, p, x, method="cudnn")[1])(params, xs)
+    np.testing.assert_allclose(hs, jrnn.unroll(cell, params, xs, method="scan")[1], rtol=1e-6)
+
+
 def test_cudnn_reverse_flips_within_lengths():
     x = jnp.arange(2 * 4, dtype=jnp.float32).reshape(2, 4, 1)
     got = cudnn._flip(x, jnp.array([4, 2]))[..., 0]

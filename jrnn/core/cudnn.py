@@ -49,12 +49,28 @@ def from_cudnn_weights(weights: Array, input_size: int, hidden_size: int) -> dic
     return {"W": W_ih[0].T, "W_h": W_hh[0].T, "b": b_ih[0] + b_hh[0]}
 
 
-def fallback_reason(cell: Cell, *, lengths: bool = False) -> str | None:
-    """Why ``method="cudnn"`` cannot run ``cell`` here, or ``None``."""
+# Measured on an H100 with jax 0.11.2 (benchmarks/cudnn_probe_jit.py): eagerly, and under
+# jit when its input is a jit argument, jax.experimental.rnn.lstm agrees with jrnn's scan
+# to 1e-7; under jit with its input computed in the same program (a transpose, even an
+# elementwise op in front) it returns wrong values (max abs diff 0.33-0.45), as XLA hands
+# the custom call another memory layout.  Reported upstream as jax-ml/jax#19177.
+UNDER_JIT = ("jax.experimental.rnn.lstm returns wrong values under jax.jit when its input "
+             "is computed in the same program (XLA passes cuDNN another layout; jax-ml/jax#19177, "
+             "measured in benchmarks/cudnn_probe_jit.py)")
+
+
+def fallback_reason(cell: Cell, *, lengths: bool = False, traced: bool = False) -> str | None:
+    """Why ``method="cudnn"`` cannot run ``cell`` here, or ``None``.
+
+    ``traced``: the inputs are tracers (inside ``jax.jit``/``grad``), where the
+    cuDNN binding is not safe (:data:`UNDER_JIT`).
+    """
     if cell.kind != "lstm" or cell.cell_size is not None:
         return "cuDNN is bound for the plain LSTM only (jax.experimental.rnn)"
     if cell.sequence_step is not cell.step:
         return "the cell's step was changed (e.g. remat)"
+    if traced:
+        return UNDER_JIT
     if jax.default_backend() != "gpu":
         return f"cuDNN needs an NVIDIA GPU; the backend is {jax.default_backend()!r}"
     return None

@@ -18,7 +18,8 @@ run the time loop *inside* one ``pallas_call`` (Triton on NVIDIA GPUs):
   matmuls outside the kernel (as :mod:`jrnn.core.backward` does for the scan).
 
 **On-chip budget.**  ``W_h`` (padded to powers of two, as Triton's blocks
-must be) has to fit in :data:`ON_CHIP_BYTES`; a larger ``W_h`` (e.g.
+must be) has to fit in :data:`ON_CHIP_BYTES`, each gate block of it in
+:data:`BLOCK_BYTES` (measured); a larger ``W_h`` (e.g.
 Zaremba-small's 200 x 800 in float32) falls back to the scan with the
 hand-written backward pass, and so do sequences with ``lengths``.
 :func:`supported` says which, and ``jrnn.unroll(..., method="pallas")``
@@ -62,12 +63,17 @@ from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 
 Array = jax.Array
 
-__all__ = ["ON_CHIP_BYTES", "BLOCK_B", "supported", "fallback_reason", "sequence", "compiled_for_gpu"]
+__all__ = ["ON_CHIP_BYTES", "BLOCK_BYTES", "BLOCK_B", "supported", "fallback_reason", "sequence", "compiled_for_gpu"]
 
 # W_h is held on chip for the whole sequence.  An H100/H200 SM has 228 KiB of shared
 # memory and 256 KiB of registers; Triton stages a dot's operands through shared
 # memory, so W_h gets at most 96 KiB and the rest is left to h, the gates and staging.
 ON_CHIP_BYTES = 96 * 1024
+# ... and each gate block of W_h (one dot operand) at most 32 KiB.  Measured on an H100
+# (benchmarks/RESULTS.md, "GPU: one H100", second run): a tanh RNN with one 64 KiB block
+# (H = 128, float32) took 88.3 ms per forward+backward (B64 T1024) against 3.1 ms with
+# 32 KiB (bfloat16), while the LSTM's four 16 KiB blocks (H = 64, float32) ran at 10.2 ms.
+BLOCK_BYTES = 32 * 1024
 # Batch rows per program: Triton's dot needs at least 16 rows.
 BLOCK_B = 16
 # Warps per program (Triton): 4 x 32 threads share each step's small matmuls.
@@ -101,11 +107,14 @@ def fallback_reason(cell: Cell, *, lengths: bool = False, bf16: bool = False) ->
         return "sequences with lengths are not masked in the kernel"
     Hp = _pow2(gate_size(cell))
     G = _GATES[cell.kind]
-    nbytes = Hp * G * Hp * (2 if bf16 else 4)
-    if nbytes > ON_CHIP_BYTES:
-        dtype = "bfloat16" if bf16 else "float32"
-        return (f"W_h of {Hp} x {G * Hp} {dtype} (padded) is {nbytes // 1024} KiB, over the "
+    block = Hp * Hp * (2 if bf16 else 4)
+    dtype = "bfloat16" if bf16 else "float32"
+    if G * block > ON_CHIP_BYTES:
+        return (f"W_h of {Hp} x {G * Hp} {dtype} (padded) is {G * block // 1024} KiB, over the "
                 f"{ON_CHIP_BYTES // 1024} KiB on-chip budget")
+    if block > BLOCK_BYTES:
+        return (f"each {Hp} x {Hp} {dtype} gate block of W_h is {block // 1024} KiB, over the "
+                f"{BLOCK_BYTES // 1024} KiB per-block on-chip budget")
     return None
 
 

@@ -59,11 +59,28 @@ RULES: tuple[Rule, ...] = (
         "2-core CPU, Zaremba-small step: unroll 1/2/4/8 within 7 % of each other with the "
         "hand-written backward passes, compile time growing with the factor "
         "(benchmarks/RESULTS.md, 'unroll' sweep); 1 is the cheapest to compile")),
+    # GPU kernels, measured against the scan on an H100 (benchmarks/RESULTS.md, "GPU: one
+    # H100", second run).  The fused Pallas kernels win only where W_h fits on chip, and
+    # clearly only with bfloat16 matmul operands, which auto does not pick for a float32
+    # model; cuDNN (jax.experimental.rnn) was slower than the scan on every LM shape and is
+    # not safe under jit (jrnn.core.cudnn.UNDER_JIT).  So auto stays with the scan.
+    Rule("gpu", "lstm", "long", Choice(
+        "scan", 8,
+        "H100: LSTM B64 T1024 H64 fwd+bwd: scan u=8 10.96 ms, pallas 10.21 ms (1.07x, and its "
+        "values not yet checked on the GPU), pallas-bf16 7.81 ms (bf16 operands: opt-in), "
+        "cuDNN via jax.experimental.rnn 36.7 ms, PyTorch cuDNN 1.92 ms")),
+    Rule("gpu", "elman", "long", Choice(
+        "scan", 8,
+        "H100: tanh RNN B64 T1024 H128 fwd+bwd: scan u=8 6.69 ms, pallas 88.3 ms (one 64 KiB "
+        "W_h block: now over the per-block budget), pallas-bf16 3.13 ms (opt-in), PyTorch "
+        "cuDNN 1.69 ms")),
     Rule("gpu", "*", "*", Choice(
         "scan", 8,
-        "H100, jax 0.11: unroll 8 beat 1 on every shape measured (zaremba-small 514k vs 384k "
-        "tok/s, tanh B64 T1024 H256 7.7 vs 13.6 ms, LSTM B16 T1024 H768 18.2 vs 23.9 ms) and "
-        "the hand-written backward pass beat autodiff (benchmarks/RESULTS.md, 'GPU: one H100')")),
+        "H100, jax 0.11: unroll 8 beat 1 on every shape measured (zaremba-small 500k vs 378k "
+        "tok/s, medium 292k vs 228k, tanh B64 T1024 H256 7.7 vs 14.7 ms, LSTM B16 T1024 H768 "
+        "18.2 vs 24.2 ms), the hand-written backward pass beat autodiff, and cuDNN through "
+        "jax.experimental.rnn was slower (zaremba-small 278k tok/s) (benchmarks/RESULTS.md, "
+        "'GPU: one H100')")),
     Rule("*", "*", "*", Choice(
         "scan", 8,
         "TPU: not measured in this repository; the GPU's factor (latency-bound recurrence, "

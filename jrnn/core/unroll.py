@@ -121,7 +121,7 @@ def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: 
 
 
 def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
-                           custom_vjp: bool = True) -> Optional[str]:
+                           custom_vjp: bool = True, traced: bool = False) -> Optional[str]:
     """Why ``method`` (a GPU kernel) would run ``cell`` with the scan instead, or ``None``.
 
     Example:
@@ -136,13 +136,14 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
             return "custom_vjp=False asks for autodiff through the scan"
         return pallas.fallback_reason(cell, lengths=lengths, bf16=method == "pallas-bf16")
     if method == "cudnn":
-        return cudnn.fallback_reason(cell, lengths=lengths)
+        return cudnn.fallback_reason(cell, lengths=lengths, traced=traced)
     return None
 
 
 def _kernel_or_scan(cell: Cell, method: str, lengths: bool, custom_vjp: bool, *, explicit: bool,
-                    where: str) -> str:
-    reason = kernel_fallback_reason(cell, method, lengths=lengths, custom_vjp=custom_vjp)
+                    where: str, traced: bool = False) -> str:
+    reason = kernel_fallback_reason(cell, method, lengths=lengths, custom_vjp=custom_vjp,
+                                    traced=traced)
     if reason is None:
         return method
     if explicit:  # asked for by name: say that it was not used (auto falls back quietly)
@@ -314,7 +315,7 @@ def unroll(
         c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
         m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
-                            where=where)
+                            where=where, traced=isinstance(hs, jax.core.Tracer))
         final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
         finals.append(final)
     if not time_major:
@@ -412,7 +413,7 @@ def bidirectional(
             c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {layer} ({direction})")
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
             m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
-                                where=f"layer {layer}")
+                                where=f"layer {layer}", traced=isinstance(hs, jax.core.Tracer))
             final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
             outs.append(out)
             layer_finals.append(final)
