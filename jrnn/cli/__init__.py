@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int)
     t.add_argument("--embed-size", type=int)
     t.add_argument("--hidden-size", type=int)
+    t.add_argument("--proj-size", type=int,
+                   help="LSTM with projections: each layer outputs this many features (< hidden size)")
     t.add_argument("--context-size", type=int, help="NNLM only: words of context")
     t.add_argument("--dropout", type=float)
     t.add_argument("--tie", action="store_true", default=None, help="tie input and output embeddings")

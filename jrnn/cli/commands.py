@@ -79,7 +79,8 @@ class _Progress:
         self.epochs = c.epochs
         print(f"run: {info['run_dir']} | vocab {info['vocab_size']}, train {info['train_tokens']} / "
               f"valid {info['valid_tokens']} / test {info['test_tokens']} tokens", file=sys.stderr)
-        print(f"model: {c.cell} x{c.layers} E{c.embed_size} H{c.hidden_size} "
+        print(f"model: {c.cell} x{c.layers} E{c.embed_size} H{c.hidden_size}"
+              f"{f' P{c.proj_size}' if c.proj_size else ''} "
               f"({info['params'] / 1e6:.2f}M params) | {c.optimizer} lr {c.lr} clip {c.clip} "
               f"| batch {c.batch_size} bptt {c.bptt} | {info['backend']}"
               + (f" | data parallel over {info['devices']} devices" if info["data_parallel"] else ""),

@@ -82,6 +82,7 @@ class LMConfig(NamedTuple):
     recurrent_dropout: float = 0.0
     weight_dropout: float = 0.0
     embedding_dropout: float = 0.0
+    proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
 
 
 class NNLMConfig(NamedTuple):
@@ -179,8 +180,15 @@ def rnn_lm(
     recurrent_dropout: float = 0.0,
     weight_dropout: float = 0.0,
     embedding_dropout: float = 0.0,
+    proj_size: Optional[int] = None,
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
+
+    ``proj_size`` (LSTM only, ``0 < proj_size < hidden_size``) makes every
+    layer an LSTM with projections (``jrnn.lstm(H, proj_size=P)``, PyTorch's
+    ``proj_size``): each layer outputs ``P`` features, so the next layer and
+    the output layer read ``P`` (``out["W"]: [P, V]``; tying needs
+    ``embed_size == P``).
 
     Regularization inside the recurrence (all off by default, all only when
     ``apply`` gets a ``key``, so evaluation is deterministic; the same key
@@ -237,7 +245,12 @@ def rnn_lm(
         check_rate("recurrent_dropout", recurrent_dropout),
         check_rate("weight_dropout", weight_dropout),
         check_rate("embedding_dropout", embedding_dropout),
+        None if proj_size is None else positive_int("proj_size", proj_size),
     )
+    if proj_size is not None and (cell != "lstm" or proj_size >= hidden_size):
+        raise ValueError(f"proj_size is for LSTM cells and must be smaller than hidden_size "
+                         f"({hidden_size}), got {proj_size} with cell {cell!r}")
+    out_size = proj_size or hidden_size  # what each layer outputs
     if config.recurrent_dropout and cell == "gru":
         raise ValueError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
                          "reuses h_{t-1} in its update gate, where a mask would change the state")
@@ -245,18 +258,19 @@ def rnn_lm(
         positive_int(name, getattr(config, name))
     if cell not in CELL_KINDS:
         raise ValueError(f"unknown cell kind {cell!r}; expected one of {list(CELL_KINDS)}")
-    if tie_embeddings and embed_size != hidden_size:
+    if tie_embeddings and embed_size != out_size:
+        what = "proj_size" if proj_size else "hidden_size"
         raise ValueError(
-            f"tie_embeddings needs embed_size == hidden_size, got {embed_size} and {hidden_size}"
+            f"tie_embeddings needs embed_size == {what}, got {embed_size} and {out_size}"
         )
     layer_cells = tuple(
         make_cell(cell, hidden_size, activation=activation, forget_bias=forget_bias,
-                  init_scale=init_scale)
+                  init_scale=init_scale, proj_size=proj_size)
         for _ in range(num_layers)
     )
     if remat:
         layer_cells = tuple(remat_cell(c) for c in layer_cells)
-    V, E, H = vocab_size, embed_size, hidden_size
+    V, E, H = vocab_size, embed_size, out_size
 
     def init(key: Array, dtype=jnp.float32) -> dict:
         k_embed, k_out, *k_layers = jax.random.split(key, 2 + num_layers)

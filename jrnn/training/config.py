@@ -88,6 +88,7 @@ class TrainConfig:
     recurrent_dropout: float = 0.0
     weight_dropout: float = 0.0
     embedding_dropout: float = 0.0
+    proj_size: Optional[int] = None
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -114,9 +115,17 @@ class TrainConfig:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.unroll != "auto":
             _positive_int("unroll", self.unroll)
-        if self.tie and self.embed_size != self.hidden_size:
-            raise ConfigError("tie needs embed_size equal to hidden_size, "
-                              f"got {self.embed_size} and {self.hidden_size}")
+        if self.proj_size is not None:
+            _positive_int("proj_size", self.proj_size)
+            if self.cell != "lstm" or self.proj_size >= self.hidden_size:
+                raise ConfigError(f"proj_size is for the LSTM and must be smaller than "
+                                  f"hidden_size ({self.hidden_size}), got {self.proj_size} "
+                                  f"with cell {self.cell!r}")
+        out = self.proj_size or self.hidden_size
+        if self.tie and self.embed_size != out:
+            what = "proj_size" if self.proj_size else "hidden_size"
+            raise ConfigError(f"tie needs embed_size equal to {what}, "
+                              f"got {self.embed_size} and {out}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` (checked like a new config); unknown names are refused."""

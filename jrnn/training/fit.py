@@ -136,7 +136,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
                   method="auto" if auto else "scan", scan_unroll=None if auto else config.unroll,
                   remat=config.remat, variational=config.variational,
                   recurrent_dropout=config.recurrent_dropout, weight_dropout=config.weight_dropout,
-                  embedding_dropout=config.embedding_dropout)
+                  embedding_dropout=config.embedding_dropout, proj_size=config.proj_size)
 
 
 def load_for_inference(path: str):
@@ -189,8 +189,10 @@ def _param_count(config: TrainConfig, V: int) -> int:
     if config.cell == "nnlm":
         return V * E + config.context_size * E * H + H + H * V + V
     G = {"lstm": 4, "gru": 3}.get(config.cell, 1)
-    layers = sum((E if i == 0 else H) * G * H + H * G * H + 2 * G * H for i in range(L))
-    return V * E + layers + (0 if config.tie else H * V) + V
+    P = config.proj_size or H  # what each layer outputs (LSTMP: W_h reads P, W_hr is H x P)
+    layers = sum((E if i == 0 else P) * G * H + P * G * H + 2 * G * H
+                 + (H * P if config.proj_size else 0) for i in range(L))
+    return V * E + layers + (0 if config.tie else P * V) + V
 
 
 def estimate_bytes(config: TrainConfig, vocab_size: int) -> int:
