@@ -48,10 +48,10 @@ def _kernel_layer(cell, params, xs, reverse=False, bf16=False):
 
 
 @pytest.mark.parametrize("kind,act", KINDS)
-@pytest.mark.parametrize("dtype,reverse", [(jnp.float64, False), (jnp.float64, True),
-                                           (jnp.float32, False)])
-def test_pallas_kernel_equals_loop_reference(kind, act, dtype, reverse):
-    T, B, D, H = 5, 20, 7, 200  # B and H are not multiples of the kernel's 16-row tiles
+@pytest.mark.parametrize("dtype,reverse,H", [(jnp.float64, False, 200), (jnp.float64, True, 40),
+                                             (jnp.float32, False, 40)])
+def test_pallas_kernel_equals_loop_reference(kind, act, dtype, reverse, H):
+    T, B, D = 5, 20, 7  # B and H are not multiples of the kernel's 16-row tiles
     cell = _cell(kind, act, H)
     params = jax.tree_util.tree_map(lambda x: x.astype(dtype),
                                     cell.init(jax.random.PRNGKey(0), D, jnp.float64))

@@ -142,7 +142,7 @@ def test_a_dead_process_stops_the_group_and_the_checkpoint_survives(tmp_path):
     procs[1].communicate(timeout=10)
     assert procs[0].returncode not in (0, None)
     assert waited < 60, f"process 0 took {waited:.0f}s to give up"
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     assert "lost the process group" in err.strip().splitlines()[-1], err
     # The last checkpoint (written mid-epoch, with the group's carry) loads and resumes.
     model, params, vocab, meta = load_for_inference(last)

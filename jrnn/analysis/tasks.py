@@ -393,6 +393,7 @@ def train_task(
     eval_every: int = 250,
     stop_when_solved: bool = True,
     on_progress: Optional[Callable[[int, int, float, float], None]] = None,
+    lstm_init: str = "forget-bias",
 ) -> TaskResult:
     """Train ``cell_name`` on ``task`` at ``length`` within a budget of ``steps`` Adam steps.
 
@@ -401,14 +402,21 @@ def train_task(
     batch of ``eval_size`` sequences from an independent key, and training
     stops early once ``task.solved_at`` is reached.  The steps between two
     evaluations run as one jitted ``lax.scan``.  LSTMs start with forget
-    bias 1.
+    bias 1 (``lstm_init="forget-bias"``) or with chrono initialization
+    (``"chrono"``, Tallec & Ollivier 2018, time scales up to the longest
+    sequence of the task).
 
     ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
     """
     positive_int("steps", steps)
     positive_int("eval_every", eval_every)
     length = positive_int("length", length, task.min_length)
-    kwargs = {"forget_bias": 1.0} if cell_name == "lstm" else {}
+    if lstm_init not in ("forget-bias", "chrono"):
+        raise ValueError(f"lstm_init must be 'forget-bias' or 'chrono', got {lstm_init!r}")
+    kwargs = {}
+    if cell_name == "lstm":
+        longest = task.sample(jax.random.PRNGKey(0), 1, length).inputs.shape[1]
+        kwargs = {"chrono": max(longest, 3)} if lstm_init == "chrono" else {"forget_bias": 1.0}
     cell = cell_by_name(cell_name, hidden_size, **kwargs)
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = init_task_model(cell, task, k_init)

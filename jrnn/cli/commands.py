@@ -336,7 +336,8 @@ def cmd_generate(args) -> int:
 # The errors that end a command with one line and exit code 2 (3: a non-finite run).
 USER_ERRORS = (UserError, DataError, CheckpointError, fit_module.FitError, ConfigError)
 NONFINITE = fit_module.NonFiniteError
-GROUP_LOST = jax.errors.JaxRuntimeError  # only caught when several processes train together
+# Only caught when several processes train together: a failed collective.
+GROUP_LOST = (jax.errors.JaxRuntimeError, distributed.GroupLostError)
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "next": cmd_next,
             "generate": cmd_generate}

@@ -271,6 +271,7 @@ def lstm(
     forget_bias: float = 0.0,
     init_scale: float | None = None,
     proj_size: int | None = None,
+    chrono: int | None = None,
 ) -> Cell:
     r"""Long short-term memory cell, gate order (i, f, g, o) as in PyTorch.
 
@@ -296,6 +297,13 @@ def lstm(
     :func:`jrnn.unroll` differentiates its scan with autodiff.
     ``proj_size=None`` or ``0`` gives the plain LSTM.
 
+    **Chrono initialization** (Tallec & Ollivier 2018, "Can recurrent neural
+    networks warp time?"): with ``chrono=T_max`` the forget biases are drawn
+    as ``b_f = log(u)``, ``u ~ U(1, T_max - 1)``, and the input biases set to
+    ``b_i = -b_f``, so that the units start with memory time scales spread
+    between 1 and ``T_max`` steps instead of the ``1 / (1 - sigmoid(b_f))``
+    ≈ 1.4-3.7 steps of ``b_f`` = 0-1 (replaces ``forget_bias``).
+
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
       >>> cell = jrnn.lstm(6, forget_bias=1.0)
@@ -314,6 +322,10 @@ def lstm(
     positive_int("hidden_size", hidden_size)
     H = hidden_size
     P = None if not proj_size else positive_int("proj_size", proj_size)
+    if chrono is not None:
+        positive_int("chrono", chrono, 3)
+        if forget_bias:
+            raise ValueError("chrono sets the forget biases itself; leave forget_bias at 0")
     R = H if P is None else P  # the width of h: what W_h reads and the cell outputs
     base_init = _uniform_init(4, H, init_scale, with_b_h=False)
     scale = 1.0 / H**0.5 if init_scale is None else float(init_scale)
@@ -327,6 +339,10 @@ def lstm(
             params["W_hr"] = jax.random.uniform(k_hr, (H, P), dtype, -scale, scale)
         if forget_bias:
             params["b"] = params["b"].at[H : 2 * H].add(forget_bias)
+        if chrono is not None:
+            u = jax.random.uniform(jax.random.fold_in(key, 7), (H,), dtype, 1.0, chrono - 1.0)
+            b_f = jnp.log(u)
+            params["b"] = params["b"].at[H : 2 * H].set(b_f).at[:H].set(-b_f)
         return params
 
     def initial_carry(batch_shape=(), dtype=jnp.float32) -> LSTMCarry:
@@ -424,6 +440,7 @@ def make_cell(
     forget_bias: float = 0.0,
     init_scale: float | None = None,
     proj_size: int | None = None,
+    chrono: int | None = None,
 ) -> Cell:
     """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"`` or ``"gru"``.
 
@@ -435,13 +452,15 @@ def make_cell(
     """
     if proj_size and kind != "lstm":
         raise ValueError(f"proj_size is for LSTM cells only, got kind {kind!r}")
+    if chrono is not None and kind != "lstm":
+        raise ValueError(f"chrono initialization is for LSTM cells only, got kind {kind!r}")
     if kind == "linear":
         return linear(hidden_size, init_scale=init_scale)
     if kind == "elman":
         return elman(hidden_size, activation, init_scale=init_scale)
     if kind == "lstm":
         return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale,
-                    proj_size=proj_size)
+                    proj_size=proj_size, chrono=chrono)
     if kind == "gru":
         return gru(hidden_size, init_scale=init_scale)
     raise ValueError(f"unknown cell kind {kind!r}; expected one of {list(CELL_KINDS)}")

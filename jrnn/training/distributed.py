@@ -68,6 +68,7 @@ __all__ = [
     "to_host",
     "any_process",
     "broadcast_text",
+    "GroupLostError",
 ]
 
 DATA_AXIS = "data"
@@ -334,6 +335,20 @@ def process_rows(batch_size: int, mesh: Mesh, axis_name: str = DATA_AXIS) -> sli
     return slice(starts[0], stops[-1])
 
 
+class GroupLostError(RuntimeError):
+    """A collective across processes failed: another process of the group died or left."""
+
+
+def _collective(fn, *args):
+    """``fn(*args)``, with any failure of a cross-process collective as :class:`GroupLostError`
+    (Gloo's failures reach Python as ValueError or JaxRuntimeError, depending on the op)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 -- re-raised with its first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GroupLostError(first) from None
+
+
 def to_host(tree: Any) -> Any:
     """Every leaf as a NumPy array in this process.
 
@@ -348,7 +363,7 @@ def to_host(tree: Any) -> Any:
             return np.asarray(x)
         if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(_collective(multihost_utils.process_allgather, x, True))
 
     return jax.tree_util.tree_map(get, tree)
 
@@ -359,7 +374,7 @@ def any_process(*flags: bool) -> tuple[bool, ...]:
     mine = np.asarray([bool(f) for f in flags])
     if not is_multiprocess():
         return tuple(bool(f) for f in mine)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(mine))
+    every = np.asarray(_collective(multihost_utils.process_allgather, mine)).reshape(-1, len(mine))
     return tuple(bool(f) for f in every.any(axis=0))
 
 
@@ -368,7 +383,7 @@ def broadcast_text(text: str) -> str:
     if not is_multiprocess():
         return text
     data = text.encode() if jax.process_index() == 0 else b""
-    n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int32)))
+    n = int(_collective(multihost_utils.broadcast_one_to_all, np.asarray(len(data), np.int32)))
     buf = np.zeros(max(n, 1), np.uint8)
     buf[:len(data)] = np.frombuffer(data, np.uint8)
-    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))[:n]).decode()
+    return bytes(np.asarray(_collective(multihost_utils.broadcast_one_to_all, buf))[:n]).decode()
