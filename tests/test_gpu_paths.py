@@ -47,9 +47,14 @@ def _kernel_layer(cell, params, xs, reverse=False, bf16=False):
     return hs
 
 
-@pytest.mark.parametrize("kind,act", KINDS)
-@pytest.mark.parametrize("dtype,reverse,H", [(jnp.float64, False, 200), (jnp.float64, True, 40),
-                                             (jnp.float32, False, 40)])
+# Every activation of the Elman kernel, and the LSTM and GRU kernels, at B = 20, H = 200 in
+# float64; each of the three kernels also reversed (float64) and in float32 (H = 40).
+CASES = ([(k, a, jnp.float64, False, 200) for k, a in KINDS]
+         + [(k, a, dt, rev, 40) for k, a in (("elman", "tanh"), ("lstm", None), ("gru", None))
+            for dt, rev in ((jnp.float64, True), (jnp.float32, False))])
+
+
+@pytest.mark.parametrize("kind,act,dtype,reverse,H", CASES)
 def test_pallas_kernel_equals_loop_reference(kind, act, dtype, reverse, H):
     T, B, D = 5, 20, 7  # B and H are not multiples of the kernel's 16-row tiles
     cell = _cell(kind, act, H)

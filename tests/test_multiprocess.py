@@ -106,12 +106,23 @@ def test_two_processes_equal_one_and_resume_the_group_run(tmp_path):
     assert summary["processes"] == 2
     assert sorted(os.listdir(group)) == ["best.ckpt", "last.ckpt", "summary.json"]
 
-    # A batch that does not split over the group's devices is refused, in one line.
-    codes, outs = _group(2, ["--out", str(tmp_path / "odd"), "--epochs", "1", *TINY,
-                             "--batch-size", "5", "--max-windows", "1"])
-    assert codes == [2, 2]
-    err = outs[0][1].strip().splitlines()
-    assert err[-1] == "jrnn: error: batch size 5 does not split over 2 devices; use a multiple of 2"
+
+
+def test_a_batch_that_does_not_split_over_the_group_is_refused(monkeypatch, tmp_path):
+    """Several processes always train data-parallel over every process's devices; a batch
+    that does not divide over them is refused before the first step (here with a
+    stand-in for a mesh of 2 devices, the group's mesh)."""
+    import types
+
+    from jrnn.data import builtin_corpus
+    from jrnn.training.config import DEFAULT
+    from jrnn.training.fit import FitError, fit
+
+    monkeypatch.setattr(distributed, "make_mesh", lambda: types.SimpleNamespace(size=2))
+    with pytest.raises(FitError) as e:
+        fit(DEFAULT.replace(batch_size=5), builtin_corpus(2000), str(tmp_path / "odd"),
+            data_parallel=True)
+    assert str(e.value) == "batch size 5 does not split over 2 devices; use a multiple of 2"
 
 
 def test_four_processes_equal_one(tmp_path):
