@@ -13,6 +13,8 @@ from tests.helpers import KINDS, to_np
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
+# Whole language models, each example a fresh compile of a train-step gradient: fewer.
+LM_SETTINGS = settings(SETTINGS, max_examples=8)
 
 
 @st.composite
@@ -43,7 +45,7 @@ def test_unroll_matches_reference_for_random_cases(case):
     chex.assert_trees_all_close(cell.hidden(carry), want_h, atol=1e-10)
 
 
-@SETTINGS
+@LM_SETTINGS
 @given(
     kind=st.sampled_from(KINDS),
     B=st.integers(1, 3),
