@@ -58,6 +58,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jrnn.core.backward import _prev
 from jrnn.core.cells import Cell, gate_size
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 
@@ -145,6 +146,21 @@ def _pad_rows(x: Array, axis: int, n: int) -> Array:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, n - x.shape[axis])
     return jnp.pad(x, pad)
+
+
+def _padded_batch(B: int) -> int:
+    return -(-B // BLOCK_B) * BLOCK_B
+
+
+def _pad_state(x: Array, Hp: int, Bp: int, dtype=None) -> Array:
+    """``[B, H]`` or ``[T, B, H]`` padded to batch ``Bp`` and width ``Hp``."""
+    x = x if dtype is None else jnp.asarray(x, dtype)
+    return _pad_rows(_pad_rows(x, x.ndim - 1, Hp), x.ndim - 2, Bp)
+
+
+def _pad_weight(W_h: Array, G: int, H: int, Hp: int) -> Array:
+    """``W_h: [H, G*H]`` padded to ``[Hp, G*Hp]``, each gate block on its own."""
+    return _pad_rows(_pad_gates(W_h, G, H, Hp), 0, Hp)
 
 
 def _dot(a, w, bf16: bool):
@@ -361,12 +377,6 @@ def _interpret(interpret: Optional[bool]) -> bool:
     return not (_FOR_GPU["on"] or jax.default_backend() == "gpu")
 
 
-def _prev(states: Array, first: Array, reverse: bool) -> Array:
-    if reverse:
-        return jnp.concatenate([states[1:], first[None]], axis=0)
-    return jnp.concatenate([first[None], states[:-1]], axis=0)
-
-
 def _sds(shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype)
 
@@ -377,12 +387,12 @@ def _lstm_run(H: int, reverse: bool, bf16: bool, interpret: bool) -> Callable:
 
     def padded(W_h, xs, h0, c0):
         T, B = xs.shape[:2]
-        Bp = -(-B // BLOCK_B) * BLOCK_B
+        Bp = _padded_batch(B)
         dt = xs.dtype
-        w = _pad_rows(_pad_gates(W_h, 4, H, Hp), 0, Hp)
+        w = _pad_weight(W_h, 4, H, Hp)
         xp = _pad_rows(_pad_gates(xs, 4, H, Hp), 1, Bp)
-        hp = _pad_rows(_pad_rows(h0, 1, Hp), 0, Bp)
-        cp = _pad_rows(_pad_rows(c0, 1, Hp), 0, Bp)
+        hp = _pad_state(h0, Hp, Bp)
+        cp = _pad_state(c0, Hp, Bp)
         return T, B, Bp, dt, w, xp, hp, cp
 
     def forward(W_h, xs, h0, c0):
@@ -410,14 +420,14 @@ def _lstm_run(H: int, reverse: bool, bf16: bool, interpret: bool) -> Callable:
         T, Bp = hs.shape[:2]
         B = h0.shape[0]
         dt = hs.dtype
-        hp0 = _pad_rows(_pad_rows(h0, 1, Hp), 0, Bp)
-        cp0 = _pad_rows(_pad_rows(c0, 1, Hp), 0, Bp)
-        wt = _pad_rows(_pad_gates(W_h, 4, H, Hp), 0, Hp).T
-        pad2 = lambda x: _pad_rows(_pad_rows(jnp.asarray(x, dt), 1, Hp), 0, Bp)
-        dhs_p = _pad_rows(_pad_rows(jnp.asarray(dhs, dt), 2, Hp), 1, Bp)
+        hp0 = _pad_state(h0, Hp, Bp)
+        cp0 = _pad_state(c0, Hp, Bp)
+        wt = _pad_weight(W_h, 4, H, Hp).T
+        dhs_p = _pad_state(dhs, Hp, Bp, dt)
         kern = functools.partial(_lstm_bwd_kernel, T=T, Hp=Hp, reverse=reverse, bf16=bf16)
         dz, dh0, dc0 = _call(
-            kern, [acts, cs, _prev(cs, cp0, reverse), dhs_p, ("whole", wt), pad2(dhT), pad2(dcT)],
+            kern, [acts, cs, _prev(cs, cp0, reverse), dhs_p, ("whole", wt),
+                   _pad_state(dhT, Hp, Bp, dt), _pad_state(dcT, Hp, Bp, dt)],
             [_sds((T, Bp, 4 * Hp), dt), _sds((Bp, Hp), dt), _sds((Bp, Hp), dt)],
             interpret=interpret, name="jrnn_lstm_bwd")
         dz = _unpad_gates(dz[:, :B], 4, H, Hp)
@@ -435,12 +445,12 @@ def _gru_run(H: int, reverse: bool, bf16: bool, interpret: bool) -> Callable:
 
     def forward(W_h, b_h, xs, h0):
         T, B = xs.shape[:2]
-        Bp = -(-B // BLOCK_B) * BLOCK_B
+        Bp = _padded_batch(B)
         dt = xs.dtype
-        w = _pad_rows(_pad_gates(W_h, 3, H, Hp), 0, Hp)
+        w = _pad_weight(W_h, 3, H, Hp)
         bh = _pad_gates(b_h, 3, H, Hp)[None]
         xp = _pad_rows(_pad_gates(xs, 3, H, Hp), 1, Bp)
-        hp = _pad_rows(_pad_rows(h0, 1, Hp), 0, Bp)
+        hp = _pad_state(h0, Hp, Bp)
         kern = functools.partial(_gru_fwd_kernel, T=T, Hp=Hp, reverse=reverse, bf16=bf16)
         hs, acts, hT = _call(
             kern, [xp, ("whole", w), ("whole", bh), hp],
@@ -465,10 +475,10 @@ def _gru_run(H: int, reverse: bool, bf16: bool, interpret: bool) -> Callable:
         dhT, dhs = cts
         T, Bp = hs.shape[:2]
         dt = hs.dtype
-        wt = _pad_rows(_pad_gates(W_h, 3, H, Hp), 0, Hp).T
+        wt = _pad_weight(W_h, 3, H, Hp).T
         h_prev = _prev(hs, hp0, reverse)
-        dhs_p = _pad_rows(_pad_rows(jnp.asarray(dhs, dt), 2, Hp), 1, Bp)
-        dhT_p = _pad_rows(_pad_rows(jnp.asarray(dhT, dt), 1, Hp), 0, Bp)
+        dhs_p = _pad_state(dhs, Hp, Bp, dt)
+        dhT_p = _pad_state(dhT, Hp, Bp, dt)
         kern = functools.partial(_gru_bwd_kernel, T=T, Hp=Hp, reverse=reverse, bf16=bf16)
         dxs, du, dh0 = _call(
             kern, [acts, h_prev, dhs_p, ("whole", wt), dhT_p],
@@ -488,11 +498,11 @@ def _elman_run(H: int, act: str, reverse: bool, bf16: bool, interpret: bool) -> 
 
     def forward(W_h, xs, h0):
         T, B = xs.shape[:2]
-        Bp = -(-B // BLOCK_B) * BLOCK_B
+        Bp = _padded_batch(B)
         dt = xs.dtype
-        w = _pad_rows(_pad_rows(W_h, 1, Hp), 0, Hp)
-        xp = _pad_rows(_pad_rows(xs, 2, Hp), 1, Bp)
-        hp = _pad_rows(_pad_rows(h0, 1, Hp), 0, Bp)
+        w = _pad_weight(W_h, 1, H, Hp)
+        xp = _pad_state(xs, Hp, Bp)
+        hp = _pad_state(h0, Hp, Bp)
         kern = functools.partial(_elman_fwd_kernel, T=T, reverse=reverse, act=act, bf16=bf16)
         hs, hT = _call(kern, [xp, ("whole", w), hp], [_sds((T, Bp, Hp), dt), _sds((Bp, Hp), dt)],
                        interpret=interpret, name="jrnn_elman_fwd")
@@ -515,9 +525,9 @@ def _elman_run(H: int, act: str, reverse: bool, bf16: bool, interpret: bool) -> 
         dhT, dhs = cts
         T, Bp = hs.shape[:2]
         dt = hs.dtype
-        wt = _pad_rows(_pad_rows(W_h, 1, Hp), 0, Hp).T
-        dhs_p = _pad_rows(_pad_rows(jnp.asarray(dhs, dt), 2, Hp), 1, Bp)
-        dhT_p = _pad_rows(_pad_rows(jnp.asarray(dhT, dt), 1, Hp), 0, Bp)
+        wt = _pad_weight(W_h, 1, H, Hp).T
+        dhs_p = _pad_state(dhs, Hp, Bp, dt)
+        dhT_p = _pad_state(dhT, Hp, Bp, dt)
         kern = functools.partial(_elman_bwd_kernel, T=T, reverse=reverse, act=act, bf16=bf16)
         dz, dh0 = _call(kern, [hs, dhs_p, ("whole", wt), dhT_p],
                         [_sds((T, Bp, Hp), dt), _sds((Bp, Hp), dt)],
