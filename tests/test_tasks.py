@@ -144,7 +144,7 @@ def test_training_beats_chance_on_a_short_adding_problem():
     r = tasks.train_task(tasks.get_task("adding"), "lstm", 10, steps=300, batch_size=32,
                          hidden_size=16, learning_rate=1e-2, eval_size=200, eval_every=150,
                          stop_when_solved=False)
-    assert r.steps == 300 and len(r.history) == 2
+    assert r.steps == 300 and len(r.history) == 2 and r.evidence is None
     assert r.loss < 0.3 * r.baseline_loss, r
     assert r.metric > r.chance + 0.2, r
 

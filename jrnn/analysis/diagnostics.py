@@ -131,6 +131,9 @@ def _add_to_hidden(carry, eps: Array):
     if isinstance(carry, LSTMCarry):
         return carry._replace(h=carry.h + eps)
     if isinstance(carry, (jax.Array, np.ndarray)) or hasattr(carry, "shape"):
+        extra = carry.shape[-1] - eps.shape[-1]
+        if extra > 0:  # a complex diagonal carry (Re h, Im h): the hidden state is Re h
+            eps = jnp.concatenate([eps, jnp.zeros(eps.shape[:-1] + (extra,), eps.dtype)], axis=-1)
         return carry + eps
     raise TypeError(
         f"cannot find the hidden state in a carry of type {type(carry).__name__}; "

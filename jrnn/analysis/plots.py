@@ -18,10 +18,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["gradient_flow_figure", "decay_figure", "training_figure", "sweep_figure"]
+__all__ = ["gradient_flow_figure", "decay_figure", "training_figure", "sweep_figure",
+           "loss_curves_figure", "task_gradients_figure"]
 
 _COLORS = {"linear": "tab:gray", "tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:red",
-           "lstm": "tab:green", "gru": "tab:purple"}
+           "lstm": "tab:green", "gru": "tab:purple", "lru": "tab:brown"}
 
 
 def _subplots(ncols: int = 1, figsize=(7, 4.4)):
@@ -184,5 +185,76 @@ def sweep_figure(results: Sequence[object], path: str, *, solved_at: Optional[fl
     ax.set_title(title or f"{results[0].task}: where each cell stops learning")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def loss_curves_figure(results: Sequence[object], path: str, *, baseline: Optional[float] = None,
+                       batch_size: Optional[int] = None, title: Optional[str] = None,
+                       svg: bool = False) -> list[str]:
+    """Training loss against training progress, one line per run, the no-memory baseline dashed.
+
+    Args:
+      results: :class:`jrnn.tasks.TaskResult` s (their ``history``), e.g. every
+        cell and seed of one task at one length.
+      baseline: the loss of a model that remembers nothing (the copy task's
+        ``10 log 8 / (T + 20)``), drawn as a dashed line.
+      batch_size: when given, the x axis counts training sequences instead of steps.
+    """
+    if not results:
+        raise ValueError("no results to plot")
+    fig, ax = _subplots(figsize=(7, 4.2))
+    scale = batch_size or 1
+    seen: set = set()
+    for r in results:
+        if not r.history:
+            continue
+        steps, losses = zip(*[(h[0] * scale, h[1]) for h in r.history])
+        ax.plot(steps, _positive(losses), color=_COLORS.get(r.cell), lw=1.2, alpha=0.85,
+                label=None if r.cell in seen else r.cell)
+        seen.add(r.cell)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label=f"no memory ({baseline:.3f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("training sequences" if batch_size else "training steps")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or f"{results[0].task}: training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def task_gradients_figure(results: Sequence[object], path: str, *, title: Optional[str] = None,
+                          svg: bool = False) -> list[str]:
+    """``||dL/dh_t||`` against ``t`` before (dashed) and after (solid) training, one colour per cell.
+
+    Each curve is divided by its own largest value, so the plot shows how much
+    of the loss's signal reaches the early steps.  ``results`` need
+    ``evidence`` (``tasks.train_task(..., gradient_evidence=True)``); for each
+    cell the first result with evidence is drawn.
+    """
+    drawn = {}
+    for r in results:
+        if getattr(r, "evidence", None) and r.cell not in drawn:
+            drawn[r.cell] = r
+    if not drawn:
+        raise ValueError("no results with gradient evidence to plot")
+    fig, ax = _subplots(figsize=(7, 4.2))
+    for name, r in drawn.items():
+        for when, ls in (("untrained", "--"), ("trained", "-")):
+            g = np.asarray(r.evidence.get(when, []), np.float64)
+            if g.size == 0:
+                continue
+            peak = np.nanmax(np.where(np.isfinite(g), g, np.nan)) if np.isfinite(g).any() else np.nan
+            ax.plot(np.arange(g.size), _positive(g / peak if peak > 0 else g), ls=ls, lw=1.2,
+                    color=_COLORS.get(name), label=f"{name} ({when})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step t")
+    ax.set_ylabel("||dL/dh_t|| / max_t")
+    first = next(iter(drawn.values()))
+    ax.set_title(title or f"{first.task}, T = {first.length}: gradient reaching each step")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, path, svg)

@@ -18,7 +18,10 @@ metric and the metric's chance baseline:
 A task model is a cell plus a linear readout on every step
 (:func:`init_task_model`, :func:`task_outputs`); :func:`train_task` fits one
 with Adam within a fixed budget of steps, and :func:`sweep` runs a cell over
-growing lengths to find where it stops learning.
+growing lengths to find where it stops learning.  Besides the cells of
+:data:`jrnn.diagnostics.CELL_NAMES`, the tasks take ``"lru"``: the diagonal
+complex linear recurrence of :func:`jrnn.parallel.diagonal` (LRU-style)
+between two position-wise GELU layers (:func:`task_cell`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import optax
 
 from jrnn.analysis.diagnostics import CELL_NAMES, cell_by_name
 from jrnn.core.cells import Cell
+from jrnn.core.parallel import associative_unroll, diagonal
 from jrnn.core.unroll import unroll
 from jrnn.core.validation import positive_int
 
@@ -53,10 +57,13 @@ __all__ = [
     "agreement_task",
     "get_task",
     "TASK_NAMES",
+    "TASK_CELLS",
+    "task_cell",
     "init_task_model",
     "task_outputs",
     "train_task",
     "sweep",
+    "solved_lengths",
     "longest_solved",
 ]
 
@@ -346,19 +353,127 @@ def get_task(name: str) -> Task:
 
 # ---- a cell with a readout, trained on a task ------------------------------------------
 
+TASK_CELLS = CELL_NAMES + ("lru",)
+
+# The LRU's ring for long-range tasks (Orvieto et al. 2023 use r_min 0.9, r_max 0.999 on
+# the long-range arena): |lambda|^500 is still 0.6 at the ring's outer edge.
+LRU_RING = (0.9, 0.999)
+
+
+def task_cell(name: str, hidden_size: int, *, lstm_init: str = "chrono", longest: int = 100) -> Cell:
+    """The cell a task model uses for ``name`` in :data:`TASK_CELLS`.
+
+    ``"lstm"`` starts with chrono initialization (``lstm_init="chrono"``,
+    Tallec & Ollivier 2018: forget-gate time scales up to ``longest``, the
+    longest sequence of the task) or with forget bias 1 (``"forget-bias"``).
+    ``"lru"`` is :func:`jrnn.parallel.diagonal` with a complex state and
+    ``|lambda|`` on the ring :data:`LRU_RING`; it is linear, so
+    :func:`init_task_model` puts a GELU layer before and after it.
+
+    Example:
+      >>> from jrnn import tasks
+      >>> [tasks.task_cell(n, 8).kind for n in ("tanh", "lstm", "lru")]
+      ['elman', 'lstm', 'diagonal']
+    """
+    if lstm_init not in ("forget-bias", "chrono"):
+        raise ValueError(f"lstm_init must be 'forget-bias' or 'chrono', got {lstm_init!r}")
+    if name == "lru":
+        return diagonal(hidden_size, complex_state=True, r_min=LRU_RING[0], r_max=LRU_RING[1])
+    if name == "lstm":
+        kwargs = {"chrono": max(int(longest), 3)} if lstm_init == "chrono" else {"forget_bias": 1.0}
+        return cell_by_name(name, hidden_size, **kwargs)
+    if name not in TASK_CELLS:
+        raise ValueError(f"unknown cell name {name!r}; expected one of {list(TASK_CELLS)}")
+    return cell_by_name(name, hidden_size)
+
+
+def _dense(key: Array, n_in: int, n_out: int, dtype) -> dict:
+    s = 1.0 / math.sqrt(n_in)
+    return {"W": jax.random.uniform(key, (n_in, n_out), dtype, -s, s), "b": jnp.zeros((n_out,), dtype)}
+
+
 def init_task_model(cell: Cell, task: Task, key: Array, dtype=jnp.float32) -> dict:
-    """``{"cell": cell params, "out": {"W": [H, O], "b": [O]}}`` for ``task``."""
-    k_cell, k_out = jax.random.split(key)
+    """``{"cell": cell params, "out": {"W": [H, O], "b": [O]}}`` for ``task``.
+
+    A linear recurrence (a ``"diagonal"`` cell) gets position-wise
+    nonlinear layers around it, as in the LRU's blocks: ``"enc": {"W": [D,
+    H], "b": [H]}`` (GELU, before the recurrence: the adding problem needs
+    ``value * marker``, which no linear map of the inputs gives) and
+    ``"dec": {"W": [H, H], "b": [H]}`` (GELU with a residual, after it).
+    """
+    k_cell, k_out, k_enc, k_dec = jax.random.split(key, 4)
     H, O = cell.hidden_size, task.output_size
-    s = 1.0 / math.sqrt(H)
-    return {"cell": cell.init(k_cell, task.input_size, dtype),
-            "out": {"W": jax.random.uniform(k_out, (H, O), dtype, -s, s), "b": jnp.zeros((O,), dtype)}}
+    params = {"out": _dense(k_out, H, O, dtype)}
+    if cell.kind == "diagonal":
+        params["enc"] = _dense(k_enc, task.input_size, H, dtype)
+        params["dec"] = _dense(k_dec, H, H, dtype)
+        params["cell"] = cell.init(k_cell, H, dtype)
+    else:
+        params["cell"] = cell.init(k_cell, task.input_size, dtype)
+    return params
+
+
+def _encode(params: dict, inputs: Array) -> Array:
+    if "enc" not in params:
+        return inputs
+    return jax.nn.gelu(inputs @ params["enc"]["W"] + params["enc"]["b"])
+
+
+def _decode(params: dict, hs: Array) -> Array:
+    if "dec" in params:
+        hs = hs + jax.nn.gelu(hs @ params["dec"]["W"] + params["dec"]["b"])
+    return hs @ params["out"]["W"] + params["out"]["b"]
 
 
 def task_outputs(cell: Cell, params: dict, batch: TaskBatch) -> Array:
-    """The readout on every step: ``float[B, T, O]``."""
-    _, hs = unroll(cell, params["cell"], batch.inputs, lengths=batch.lengths, time_major=False)
-    return hs @ params["out"]["W"] + params["out"]["b"]
+    """The readout on every step: ``float[B, T, O]``.
+
+    A diagonal (LRU) cell runs as a parallel scan over time
+    (:func:`jrnn.parallel.associative_unroll`: the same states, in ``log T``
+    depth), any other cell through :func:`jrnn.unroll`.
+    """
+    xs = _encode(params, batch.inputs)
+    if cell.kind == "diagonal":
+        _, hs = associative_unroll(cell, params["cell"], jnp.swapaxes(xs, 0, 1), lengths=batch.lengths)
+        hs = jnp.swapaxes(hs, 0, 1)
+    else:
+        _, hs = unroll(cell, params["cell"], xs, lengths=batch.lengths, time_major=False)
+    return _decode(params, hs)
+
+
+def hidden_gradients(cell: Cell, params: dict, task: Task, batch: TaskBatch) -> Array:
+    """``||dL/dh_t||`` for every step ``t``: ``float[T]``, the mean over the batch.
+
+    ``L`` is the task's own loss on ``batch`` (adding: the error at each
+    sequence's last valid step; copy: the cross-entropy of every step), and
+    ``dL/dh_t`` the total derivative through every later step, taken with
+    :func:`jrnn.diagnostics.grad_flow`'s probe: a zero perturbation added to
+    the hidden state after each step.  For the same model before and after
+    training this shows how much of the loss's signal reaches each distance.
+
+    Example:
+      >>> import jax
+      >>> from jrnn import tasks
+      >>> task, cell = tasks.get_task("adding"), tasks.task_cell("tanh", 8)
+      >>> params = tasks.init_task_model(cell, task, jax.random.PRNGKey(0))
+      >>> batch = task.sample(jax.random.PRNGKey(1), 4, 20)
+      >>> g = tasks.hidden_gradients(cell, params, task, batch)
+      >>> g.shape, bool(g[0] < g[-3])
+      ((22,), True)
+    """
+    from jrnn.analysis.diagnostics import _EPS, _probed
+
+    probed = _probed(cell)
+    B, T = batch.inputs.shape[:2]
+
+    def loss(eps):
+        _, hs = unroll(probed, {**params["cell"], _EPS: eps}, _encode(params, batch.inputs),
+                       lengths=batch.lengths, time_major=False)
+        return task.loss(_decode(params, hs), batch) * B  # per-sequence losses, summed
+
+    eps = jnp.zeros((T, B, cell.hidden_size), batch.inputs.dtype)  # time-major, as the scan sees it
+    g = jax.jit(jax.grad(loss))(eps)
+    return jnp.mean(jnp.linalg.norm(g, axis=-1), axis=1)
 
 
 class TaskResult(NamedTuple):
@@ -376,6 +491,9 @@ class TaskResult(NamedTuple):
     solved: bool
     seconds: float
     history: list  # [(step, train loss, held-out metric)]
+    # ||dL/dh_t|| per step t on held-out sequences, {"untrained": [...], "trained": [...]},
+    # when train_task(gradient_evidence=True).
+    evidence: Optional[dict] = None
 
 
 def train_task(
@@ -393,7 +511,8 @@ def train_task(
     eval_every: int = 250,
     stop_when_solved: bool = True,
     on_progress: Optional[Callable[[int, int, float, float], None]] = None,
-    lstm_init: str = "forget-bias",
+    lstm_init: str = "chrono",
+    gradient_evidence: bool = False,
 ) -> TaskResult:
     """Train ``cell_name`` on ``task`` at ``length`` within a budget of ``steps`` Adam steps.
 
@@ -401,23 +520,21 @@ def train_task(
     every ``eval_every`` steps the model is scored on one fixed held-out
     batch of ``eval_size`` sequences from an independent key, and training
     stops early once ``task.solved_at`` is reached.  The steps between two
-    evaluations run as one jitted ``lax.scan``.  LSTMs start with forget
-    bias 1 (``lstm_init="forget-bias"``) or with chrono initialization
-    (``"chrono"``, Tallec & Ollivier 2018, time scales up to the longest
-    sequence of the task).
+    evaluations run as one jitted ``lax.scan``.  ``cell_name`` is one of
+    :data:`TASK_CELLS` (see :func:`task_cell`); LSTMs start with chrono
+    initialization (``lstm_init="chrono"``, Tallec & Ollivier 2018, time
+    scales up to the longest sequence of the task) or with forget bias 1
+    (``"forget-bias"``).  With ``gradient_evidence`` the result carries
+    :func:`hidden_gradients` on 100 held-out sequences for the model before
+    and after training.
 
     ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
     """
     positive_int("steps", steps)
     positive_int("eval_every", eval_every)
     length = positive_int("length", length, task.min_length)
-    if lstm_init not in ("forget-bias", "chrono"):
-        raise ValueError(f"lstm_init must be 'forget-bias' or 'chrono', got {lstm_init!r}")
-    kwargs = {}
-    if cell_name == "lstm":
-        longest = task.sample(jax.random.PRNGKey(0), 1, length).inputs.shape[1]
-        kwargs = {"chrono": max(longest, 3)} if lstm_init == "chrono" else {"forget_bias": 1.0}
-    cell = cell_by_name(cell_name, hidden_size, **kwargs)
+    longest = task.sample(jax.random.PRNGKey(0), 1, length).inputs.shape[1]
+    cell = task_cell(cell_name, hidden_size, lstm_init=lstm_init, longest=longest)
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = init_task_model(cell, task, k_init)
     tx = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
@@ -444,6 +561,11 @@ def train_task(
 
     evaluate = lambda params: evaluate_on(params, eval_batch)
 
+    def grads_now(params):
+        probe = jax.tree.map(lambda a: a[:100], eval_batch)
+        return [float(f"{float(v):.4g}") for v in hidden_gradients(cell, params, task, probe)]
+
+    evidence = {"untrained": grads_now(params)} if gradient_evidence else None
     t0 = time.perf_counter()
     done, history = 0, []
     m = {k: float(v) for k, v in evaluate(params).items()}
@@ -460,9 +582,11 @@ def train_task(
             break
         if not math.isfinite(float(train_loss)):
             break
+    seconds = time.perf_counter() - t0
+    if evidence is not None:
+        evidence["trained"] = grads_now(params)
     return TaskResult(task.name, cell_name, length, seed, done, m["metric"], m["chance"], m["loss"],
-                      m["baseline_loss"], m["metric"] >= task.solved_at,
-                      time.perf_counter() - t0, history)
+                      m["baseline_loss"], m["metric"] >= task.solved_at, seconds, history, evidence)
 
 
 def sweep(
@@ -471,41 +595,65 @@ def sweep(
     lengths: Sequence[int] = (10, 20, 50, 100, 200),
     *,
     seeds: Sequence[int] = (0,),
+    need: int = 1,
     stop_after_failure: bool = True,
+    per_cell: Optional[dict] = None,
     on_result: Optional[Callable[[TaskResult], None]] = None,
     **train_kwargs,
 ) -> list[TaskResult]:
     """Train every cell at every length (shortest first); see :func:`train_task`.
 
-    A cell/length counts as solved when any seed solves it.  With
-    ``stop_after_failure`` a cell is not tried at longer lengths once it has
-    failed one: on these tasks a longer length is only harder.
+    A cell/length counts as solved when at least ``need`` of ``seeds``
+    solve it (``need=1``: any seed).  Seeds run in order and stop as soon as
+    the outcome is decided: after ``need`` successes, or once too few seeds
+    are left to reach ``need``.  With ``stop_after_failure`` a cell is not
+    tried at longer lengths once it has failed one: on these tasks a longer
+    length is only harder.  ``per_cell`` maps a cell name to
+    :func:`train_task` keyword arguments that override ``train_kwargs`` for
+    that cell (e.g. ``{"lru": {"hidden_size": 128}}``).
     """
+    need = positive_int("need", need)
+    if need > len(seeds):
+        raise ValueError(f"need={need} seeds to solve a length, but only {len(seeds)} seeds given")
+    per_cell = dict(per_cell or {})
+    unknown = sorted(set(per_cell) - set(cells))
+    if unknown:
+        raise ValueError(f"per_cell names cells that are not swept: {unknown}")
     results = []
     for name in cells:
+        kwargs = {**train_kwargs, **per_cell.get(name, {})}
         for length in sorted(lengths):
-            runs = []
+            solved = failed = 0
             for seed in seeds:
-                r = train_task(task, name, length, seed=seed, **train_kwargs)
-                runs.append(r)
+                r = train_task(task, name, length, seed=seed, **kwargs)
                 results.append(r)
+                solved, failed = solved + r.solved, failed + (not r.solved)
                 if on_result is not None:
                     on_result(r)
-                if r.solved:
+                if solved >= need or len(seeds) - failed < need:
                     break
-            if stop_after_failure and not any(r.solved for r in runs):
+            if stop_after_failure and solved < need:
                 break
     return results
 
 
-def longest_solved(results: Sequence[TaskResult]) -> dict:
-    """``{cell: longest solved length, or None}``, over lengths below the first failure."""
+def solved_lengths(results: Sequence[TaskResult], need: int = 1) -> dict:
+    """``{(cell, length): True/False}``: whether at least ``need`` seeds solved it."""
+    count: dict = {}
+    for r in results:
+        count[(r.cell, r.length)] = count.get((r.cell, r.length), 0) + bool(r.solved)
+    return {k: n >= need for k, n in count.items()}
+
+
+def longest_solved(results: Sequence[TaskResult], need: int = 1) -> dict:
+    """``{cell: longest solved length, or None}``, over lengths below the first failure.
+
+    A length counts as solved when at least ``need`` seeds solved it.
+    """
+    solved = solved_lengths(results, need)
     out: dict = {}
     for cell in dict.fromkeys(r.cell for r in results):
-        by_len: dict = {}
-        for r in results:
-            if r.cell == cell:
-                by_len[r.length] = by_len.get(r.length, False) or r.solved
+        by_len = {length: ok for (c, length), ok in solved.items() if c == cell}
         best = None
         for length in sorted(by_len):
             if not by_len[length]:

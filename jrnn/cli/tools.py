@@ -82,12 +82,12 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _cells(text: str) -> list[str]:
+def _cells(text: str, allowed: Sequence[str] = CELLS) -> list[str]:
     names = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [c for c in names if c not in CELLS]
+    bad = [c for c in names if c not in allowed]
     if bad or not names:
         raise UserError(f"unknown cell {', '.join(map(repr, bad)) or repr(text)}; "
-                        f"choose from {','.join(CELLS)}")
+                        f"choose from {','.join(allowed)}")
     return names
 
 
@@ -327,10 +327,12 @@ def diagnose_main(argv: Optional[Sequence[str]] = None) -> int:
 
 # ---- jrnn tasks -----------------------------------------------------------------------
 
-def format_sweep_table(results, lengths: Sequence[int], cells: Sequence[str]) -> str:
-    """One row per cell: the held-out metric at each length (``*`` = solved), and the longest solved."""
+def format_sweep_table(results, lengths: Sequence[int], cells: Sequence[str], need: int = 1) -> str:
+    """One row per cell: the held-out metric at each length (``*`` = solved by at least ``need``
+    seeds; the best seed's metric is shown), and the longest solved."""
 
-    best = longest_solved(results)
+    best = longest_solved(results, need)
+    solved = tasks.solved_lengths(results, need)
     head = f"{'cell':>8} | " + " ".join(f"{l:>7}" for l in lengths) + " | longest solved"
     lines = [head, "-" * len(head)]
     for cell in cells:
@@ -341,7 +343,7 @@ def format_sweep_table(results, lengths: Sequence[int], cells: Sequence[str]) ->
                 row.append(f"{'-':>7}")
                 continue
             r = max(rs, key=lambda r: r.metric)
-            row.append(f"{r.metric:6.2f}{'*' if any(x.solved for x in rs) else ' '}")
+            row.append(f"{r.metric:6.2f}{'*' if solved[(cell, l)] else ' '}")
         b = best.get(cell)
         lines.append(f"{cell:>8} | " + " ".join(row) + f" | {b if b is not None else 'none'}")
     return "\n".join(lines)
@@ -352,7 +354,8 @@ def _tasks_parser() -> argparse.ArgumentParser:
                 description="Train each cell on a long-range task over growing lengths and report "
                             "where it stops learning.")
     p.add_argument("--task", default="adding", choices=["adding", "adding-sum", "copy", "agreement", "all"])
-    p.add_argument("--cells", default="tanh,lstm,gru", help=f"comma-separated, from {','.join(CELLS)}")
+    p.add_argument("--cells", default="tanh,lstm,gru",
+                   help=f"comma-separated, from {','.join(tasks.TASK_CELLS)}")
     p.add_argument("--lengths", help="comma-separated lengths (default depends on the task)")
     p.add_argument("--steps", type=int, default=1500, help="budget of Adam steps per run")
     p.add_argument("--batch-size", type=int, default=64)
@@ -361,7 +364,11 @@ def _tasks_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=_positive_float, default=1.0, help="clip_by_global_norm")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-size", type=int, default=1000)
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; a length is solved if any seed solves it")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--need", type=int, default=1,
+                   help="seeds that must solve a length for it to count as solved (default 1: any)")
+    p.add_argument("--lstm-init", default="chrono", choices=["chrono", "forget-bias"],
+                   help="LSTM gate biases: chrono initialization (default) or forget bias 1")
     p.add_argument("--keep-going", action="store_true",
                    help="try longer lengths even after a cell has failed a shorter one")
     p.add_argument("--out", default="runs/tasks", help="directory for the JSON and plots")
@@ -380,13 +387,15 @@ def _tasks(argv) -> int:
     args = _tasks_parser().parse_args(argv)
     for name in ("steps", "batch-size", "hidden-size", "lr", "clip", "eval-every", "eval-size"):
         _positive(name, getattr(args, name.replace("-", "_")))
-    cells = _cells(args.cells)
+    cells = _cells(args.cells, tasks.TASK_CELLS)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not seeds:
         raise UserError("--seeds is empty")
+    if not 1 <= args.need <= len(seeds):
+        raise UserError(f"--need must be between 1 and the number of seeds ({len(seeds)}), got {args.need}")
     task_names = ["adding", "copy", "agreement"] if args.task == "all" else [args.task]
 
 
@@ -413,16 +422,17 @@ def _tasks(argv) -> int:
                 if step >= steps:
                     sys.stderr.write("\r" + " " * 60 + "\r")
 
-        results = tasks.sweep(task, cells, lengths, seeds=seeds, stop_after_failure=not args.keep_going,
+        results = tasks.sweep(task, cells, lengths, seeds=seeds, need=args.need,
+                              stop_after_failure=not args.keep_going, lstm_init=args.lstm_init,
                               on_result=on_result, steps=args.steps, batch_size=args.batch_size,
                               hidden_size=args.hidden_size, learning_rate=args.lr, clip_norm=args.clip,
                               eval_every=args.eval_every, eval_size=args.eval_size,
                               on_progress=on_progress)
         print(f"\n{task.name}: held-out {task.metric_name} (* = solved: >= {task.solved_at}); "
               f"budget {args.steps} steps x batch {args.batch_size}, H={args.hidden_size}, seeds {seeds}")
-        print(format_sweep_table(results, lengths, cells))
+        print(format_sweep_table(results, lengths, cells, args.need))
         everything[task.name] = {"lengths": lengths, "results": [result_to_dict(r) for r in results],
-                                 "longest_solved": tasks.longest_solved(results)}
+                                 "longest_solved": tasks.longest_solved(results, args.need)}
         written += plots.sweep_figure(results, os.path.join(args.out, f"sweep_{task_name}.png"),
                                       solved_at=task.solved_at, svg=args.svg)
     settings = {k: v for k, v in vars(args).items()}
