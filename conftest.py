@@ -1,5 +1,18 @@
-"""Test-session setup: float64 everywhere, so loop-reference comparisons can be tight."""
+"""Test-session setup: float64 everywhere, so loop-reference comparisons can be tight.
 
-import jax
+Compiled programs go to a persistent cache shared by the test processes (the
+xdist workers and the command-line subprocesses they start): many tests
+compile the same train steps.  Set ``JAX_COMPILATION_CACHE_DIR`` to use
+another place; the cache only ever saves compile time.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parent / ".pytest_cache" / "jax-compile"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+import jax  # noqa: E402  (after the cache settings: JAX reads them at import)
 
 jax.config.update("jax_enable_x64", True)

@@ -11,9 +11,13 @@ interleaved (jrnn, torch, jrnn, torch, ...; median of ``--reps``):
 * ``output-layer`` the whole softmax output layer with its loss, forward and
   backward: jrnn's chunked ``softmax_cross_entropy`` against
   ``nn.functional.linear`` + ``cross_entropy`` (sum over tokens, / B);
+* ``output-layer:bf16`` the same with bfloat16 matmul operands: jrnn's
+  ``matmul_dtype="bfloat16"`` (what ``output_precision="auto"`` picks on a
+  CPU with AMX) against PyTorch's ``torch.autocast("cpu", torch.bfloat16)``;
 * ``recurrence`` the two LSTM layers forward and backward over ``[35, 20, 200]``:
   ``jrnn.unroll`` (hand-written backward) against ``nn.LSTM(200, 200, 2)``;
-* ``step`` the whole train step of ``benchmarks/peers.py`` for scale.
+
+The whole step is ``benchmarks/peers.py``'s to time.
 
 It prints a table and writes JSON (``--out``), with the CPU model and vector
 extensions from ``lscpu``.  PyTorch runs with ``--torch-threads`` threads
@@ -90,6 +94,12 @@ def jax_pieces(rng: np.random.Generator) -> dict:
 
     out_grad = jax.jit(jax.grad(out_loss, argnums=(0, 1, 2)))
 
+    def out_loss_bf16(h, W, b):
+        w = jnp.full((N,), 1.0 / B, jnp.float32)
+        return softmax_cross_entropy(h, W, b, y, w, matmul_dtype="bfloat16")[0]
+
+    out_grad_bf16 = jax.jit(jax.grad(out_loss_bf16, argnums=(0, 1, 2)))
+
     cells = [jrnn.lstm(H) for _ in range(2)]
     params = [c.init(k, H) for c, k in zip(cells, jax.random.split(jax.random.PRNGKey(0), 2))]
     xs = jnp.asarray(rng.standard_normal((T, B, H), np.float32))
@@ -105,6 +115,7 @@ def jax_pieces(rng: np.random.Generator) -> dict:
         "matmul:dW": run(dot_tn, h, g),
         "matmul:dh": run(dot_nt, g, W),
         "output-layer": run(out_grad, h, W, b),
+        "output-layer:bf16": run(out_grad_bf16, h, W, b),
         "recurrence": run(rec, params, xs),
     }
 
@@ -128,6 +139,15 @@ def torch_pieces(rng: np.random.Generator, threads: int):
                                                  reduction="sum") / B
         loss.backward()
 
+    def out_layer_bf16():  # PyTorch's own mixed precision on a CPU: autocast to bfloat16
+        hh = h.detach().requires_grad_()
+        w = Wt.detach().requires_grad_()
+        bb = b.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = torch.nn.functional.linear(hh, w, bb)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / B
+        loss.backward()
+
     lstm = torch.nn.LSTM(H, H, 2)
     xs = torch.tensor(rng.standard_normal((T, B, H), np.float32), requires_grad=True)
 
@@ -143,12 +163,13 @@ def torch_pieces(rng: np.random.Generator, threads: int):
             "matmul:dh": lambda: torch.mm(g, W.t()),
         }
     pieces["output-layer"] = out_layer
+    pieces["output-layer:bf16"] = out_layer_bf16
     pieces["recurrence"] = rec
     return pieces, torch.__version__
 
 
 FLOPS = {"matmul:logits": 2 * N * H * V, "matmul:dW": 2 * N * H * V, "matmul:dh": 2 * N * H * V,
-         "output-layer": 6 * N * H * V, "recurrence": 3 * 2 * T * B * (2 * H) * 4 * H * 2}
+         "output-layer": 6 * N * H * V, "output-layer:bf16": 6 * N * H * V, "recurrence": 3 * 2 * T * B * (2 * H) * 4 * H * 2}
 
 
 def main(argv=None) -> int:
@@ -168,7 +189,7 @@ def main(argv=None) -> int:
         fn()  # compile
         if name in tp:
             tp[name]()
-        inner = 3 if name in ("output-layer", "recurrence") else 10
+        inner = 3 if name.startswith(("output-layer", "recurrence")) else 10
         # Interleaved: each repetition times jrnn, then torch.
         js, ts = [], []
         for _ in range(args.reps):

@@ -13,6 +13,7 @@ figures in ``--out``:
     python benchmarks/long_range.py --out docs/long-range        # about 40 min on 2 cores
     python benchmarks/long_range.py --quick --out /tmp/lr         # a smoke run (~1 min)
     python benchmarks/long_range.py --preset short --out /tmp/s   # the first release's sweep (T <= 200)
+    python benchmarks/long_range.py --report docs/long-range/long_range.json --out docs/long-range
 
 Never run it while timing benchmarks: it keeps both cores busy.
 """
@@ -114,6 +115,59 @@ def details_table(results, need: int, batch_size) -> str:
     return "\n".join(rows)
 
 
+def evidence_table(results) -> str:
+    """Per cell (first run at the shortest length): how much of ||dL/dh_t|| reaches the first ten
+    steps -- where the adding problem's first marker and the copy task's symbols sit -- as the
+    mean over those steps divided by the largest value over all steps, before and after training."""
+    import numpy as np
+
+    rows = ["cell     | before training | after training | solved",
+            "-" * 52]
+    first = min(r.length for r in results)
+    seen = set()
+    for r in results:
+        if r.length != first or r.cell in seen or not r.evidence:
+            continue
+        seen.add(r.cell)
+        cols = []
+        for when in ("untrained", "trained"):
+            g = np.asarray(r.evidence[when], np.float64)
+            peak = np.nanmax(g) if np.isfinite(g).any() else np.nan
+            cols.append(float(np.mean(g[:10]) / peak) if peak > 0 else float("nan"))
+        rows.append(f"{r.cell:8s} | {cols[0]:15.1e} | {cols[1]:14.1e} | {'yes' if r.solved else 'no'}")
+    return "\n".join(rows)
+
+
+def report(entry: dict, need: int, num_seeds: int, out_dir: str) -> None:
+    """Print one task's tables and draw its figures from its JSON entry."""
+    from jrnn import plots
+
+    name, lengths, cells = entry["name"], entry["lengths"], entry["cells"]
+    results = [tasks.TaskResult(**{**r, "history": [tuple(h) for h in r["history"]]})
+               for r in entry["results"]]
+    task = tasks.get_task(name)
+    per_cell, train = entry["per_cell"], entry["train"]
+    batch_of = lambda cell: per_cell.get(cell, {}).get("batch_size", train["batch_size"])  # noqa: E731
+    print(f"\n## {task.name}: held-out {task.metric_name} (best seed), * = solved by >= {need} "
+          f"seeds (>= {task.solved_at}), - = not tried after a failure "
+          f"({entry['training_seconds']:.0f} s of training in all)")
+    print(format_sweep_table(results, lengths, cells, need))
+    print()
+    print(details_table(results, need, batch_of))
+    print(f"\n||dL/dh_t|| over the first ten steps / its largest value, T = {min(lengths)} "
+          f"(seed {results[0].seed} of each cell):")
+    print(evidence_table(results), flush=True)
+    plots.sweep_figure(results, os.path.join(out_dir, f"sweep_{name}.png"), solved_at=task.solved_at,
+                       title=f"{task.name}: solved by >= {need} of {num_seeds} seeds")
+    first = min(lengths)
+    at_first = [r for r in results if r.length == first]
+    plots.loss_curves_figure(at_first, os.path.join(out_dir, f"loss_{name}.png"),
+                             baseline=at_first[0].baseline_loss if name == "copy" else None,
+                             batch_size=train["batch_size"],
+                             title=f"{task.name}, T = {first}: training loss, every seed")
+    plots.task_gradients_figure(at_first, os.path.join(out_dir, f"gradients_{name}.png"))
+
+
 def _sweep_one(name: str, cell: str, lengths, seeds, need, per_cell, train) -> list:
     """One cell's sweep on one task (runs in a worker process)."""
     task = tasks.get_task(name)
@@ -139,7 +193,16 @@ def main(argv=None) -> int:
                    help="worker processes, one cell's sweep each (default: 2, one per core)")
     p.add_argument("--out", default=os.path.join("runs", "long-range"),
                    help="directory for long_range.json and the figures")
+    p.add_argument("--report", metavar="JSON",
+                   help="train nothing: print the tables and redraw the figures (in --out) from "
+                        "a long_range.json this script wrote")
     args = p.parse_args(argv)
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        os.makedirs(args.out, exist_ok=True)
+        for key, entry in saved["tasks"].items():
+            report({"name": key, **entry}, saved["need"], len(saved["seeds"]), args.out)
+        return 0
     preset = PRESETS[args.preset]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset["seeds"])
     need = min(preset["need"], len(seeds))
@@ -159,9 +222,18 @@ def main(argv=None) -> int:
     print(f"# long-range sweep, preset {args.preset}: {info.get('cpu')} ({info['cpu_count']} CPUs, "
           f"{' '.join(info.get('vector_extensions', []))}), jax {info['jax']} on {info['backend']}; "
           f"seeds {seeds}, solved when >= {need} seeds solve; {args.jobs} worker(s)", flush=True)
-    out = {"preset": args.preset, "machine": info, "seeds": seeds, "need": need, "tasks": {}}
+    out = {"preset": args.preset, "machine": info, "seeds": seeds, "need": need, "tasks": {},
+           "runs": [{"tasks": names, "started": time.strftime("%Y-%m-%d %H:%M:%S")}]}
+    saved_path = Path(args.out, "long_range.json")
+    if args.tasks and saved_path.exists():
+        # Re-running some tasks keeps the others' results from an earlier run of the same preset.
+        saved = json.loads(saved_path.read_text())
+        if saved.get("preset") == args.preset and saved.get("seeds") == seeds:
+            kept = {k: v for k, v in saved["tasks"].items() if k not in names}
+            out["tasks"].update(kept)
+            out["runs"] = saved.get("runs", [{"tasks": sorted(kept)}]) + out["runs"]
+            print(f"# keeping {sorted(kept)} from {saved_path}", flush=True)
     t_all = time.perf_counter()
-    from jrnn import plots
 
     plans = {}
     for name in names:
@@ -175,47 +247,33 @@ def main(argv=None) -> int:
             per_cell = {k: {**v, "hidden_size": 8} for k, v in per_cell.items()}
         plans[name] = (cfg, train, per_cell, lengths)
     # Every (task, cell) sweep is one job; workers take them longest first (a rough cost:
-    # longest length x budget, the gated and linear-recurrent cells three times an Elman cell).
+    # longest length x budget; per step a gated cell costs about three Elman cells, the LRU
+    # (complex arithmetic) about six).
     jobs = {}
     order = sorted(((name, cell) for name, plan in plans.items() for cell in plan[0]["cells"]),
                    key=lambda nc: -max(plans[nc[0]][3]) * plans[nc[0]][1]["steps"]
-                   * (3 if nc[1] in ("lstm", "gru", "lru") else 1))
+                   * {"lstm": 3, "gru": 3, "lru": 6}.get(nc[1], 1))
     for name, cell in order:
         cfg, train, per_cell, lengths = plans[name]
         job = (name, cell, lengths, seeds, need, per_cell, train)
         jobs[(name, cell)] = pool.submit(_sweep_one, *job) if pool else job
     try:
         for name, (cfg, train, per_cell, lengths) in plans.items():
-            task = tasks.get_task(name)
             results = []
             for cell in cfg["cells"]:
                 job = jobs[(name, cell)]
                 results += job.result() if pool else _sweep_one(*job)
-            seconds = sum(r.seconds for r in results)
-            batch_of = lambda cell: per_cell.get(cell, {}).get("batch_size", train["batch_size"])  # noqa: E731
-            print(f"\n## {task.name}: held-out {task.metric_name} (best seed), * = solved by >= {need} "
-                  f"seeds (>= {task.solved_at}), - = not tried after a failure ({seconds:.0f}s of "
-                  f"training in all)")
-            print(format_sweep_table(results, lengths, cfg["cells"], need))
-            print()
-            print(details_table(results, need, batch_of), flush=True)
+            task = tasks.get_task(name)
             out["tasks"][task.name] = {
-                "cells": cfg["cells"], "lengths": lengths, "train": train, "per_cell": per_cell,
-                "solved_at": task.solved_at, "training_seconds": seconds,
+                "name": name, "cells": cfg["cells"], "lengths": lengths, "train": train,
+                "per_cell": per_cell, "solved_at": task.solved_at,
+                "training_seconds": sum(r.seconds for r in results),
                 "longest_solved": tasks.longest_solved(results, need),
                 "results": [result_to_dict(r) for r in results]}
-            plots.sweep_figure(results, os.path.join(args.out, f"sweep_{name}.png"),
-                               solved_at=task.solved_at,
-                               title=f"{task.name}: solved by >= {need} of {len(seeds)} seeds")
-            first = min(lengths)
-            at_first = [r for r in results if r.length == first]
-            plots.loss_curves_figure(at_first, os.path.join(args.out, f"loss_{name}.png"),
-                                     baseline=at_first[0].baseline_loss if name == "copy" else None,
-                                     batch_size=train["batch_size"],
-                                     title=f"{task.name}, T = {first}: training loss, every seed")
-            plots.task_gradients_figure(at_first, os.path.join(args.out, f"gradients_{name}.png"))
+            report(out["tasks"][task.name], need, len(seeds), args.out)
             # Written after every task, so an interrupted sweep keeps what it finished.
             out["seconds"] = time.perf_counter() - t_all
+            out["runs"][-1]["seconds"] = out["seconds"]
             Path(args.out, "long_range.json").write_text(json.dumps(out, indent=1))
     finally:
         if pool:

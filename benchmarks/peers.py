@@ -93,6 +93,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jrnn  # noqa: E402
+from jrnn.core import select  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 LR, CLIP = 1.0, 5.0
@@ -322,12 +323,12 @@ def _jrnn_cells(shape: Shape, remat: bool, bf16: bool, make_cell: Callable = Non
 
 def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
              custom_vjp: bool = True, make_cell: Callable = None,
-             method: str = "scan") -> jrnn.LanguageModel:
+             method: str = "scan", output_precision: str = "float32") -> jrnn.LanguageModel:
     """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses other cells
     (wrapped ones, or those of ``make_cell(kind, H)``)."""
     base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
                        num_layers=shape.L, method=method, scan_unroll=unroll,
-                       custom_vjp=custom_vjp)
+                       custom_vjp=custom_vjp, output_precision=output_precision)
     if not (remat or bf16 or make_cell):
         return base
     cells = _jrnn_cells(shape, remat, bf16, make_cell)
@@ -352,9 +353,10 @@ def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
 
 def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
                 bf16: bool = False, custom_vjp: bool = True, make_cell: Callable = None,
-                method: str = "scan") -> Runner:
+                method: str = "scan", output_precision: str = "float32") -> Runner:
     if shape.mode == "lm":
-        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell, method)
+        model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell, method,
+                         output_precision)
         opt = optax.sgd(LR)
         state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
         step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
@@ -862,11 +864,18 @@ def run_shape(shape_name: str, args, save: Callable[[dict], None] = lambda res: 
               "jrnn-pallas": jrnn_pallas_runner,
               "jrnn-pallas-bf16": lambda shape, data: jrnn_pallas_runner(shape, data, bf16=True),
               "jrnn-cudnn": jrnn_cudnn_runner}
+    # jrnn as `jrnn train` runs it: the output layer's precision chosen for this machine
+    # (jrnn.core.select.output_matmul_dtype); where that is bfloat16, a float32 row as well.
+    auto_out = select.output_matmul_dtype().dtype if shape.mode == "lm" else "float32"
     for peer in args.peers:
         if peer == "jrnn":
+            tag = ",out=bf16" if auto_out == "bfloat16" else ""
             for u in args.unroll:
-                impls.append((f"jrnn[u={u}]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
+                impls.append((f"jrnn[u={u}{tag}]", lambda u=u: jrnn_runner(
+                    shape, data, unroll=u, output_precision=auto_out)))
             u = args.unroll[0]
+            if auto_out != "float32":
+                impls.append((f"jrnn[u={u},out=f32]", lambda u=u: jrnn_runner(shape, data, unroll=u)))
             if args.autodiff:
                 impls.append((f"jrnn[u={u},autodiff]",
                               lambda u=u: jrnn_runner(shape, data, unroll=u, custom_vjp=False)))

@@ -143,3 +143,25 @@ def test_lru_outputs_from_the_parallel_scan_equal_the_sequential_unroll():
     hs = hs + jax.nn.gelu(hs @ d["W"] + d["b"])
     want = hs @ params["out"]["W"] + params["out"]["b"]
     np.testing.assert_allclose(tasks.task_outputs(cell, params, batch), want, rtol=1e-4, atol=1e-5)
+
+
+def test_copy_evidence_follows_only_the_recall_loss():
+    """The copy task's gradient evidence is the gradient of the ten recalled symbols' loss: no
+    step after the last recall has any, and the blanks' own losses add nothing."""
+    task = tasks.get_task("copy")
+    cell = tasks.task_cell("tanh", 6)
+    params = tasks.init_task_model(cell, task, jax.random.PRNGKey(0))
+    batch = task.sample(jax.random.PRNGKey(1), 4, 5)  # 25 steps, recall on the last ten
+    g = np.asarray(tasks.hidden_gradients(cell, params, task, batch))
+    out = tasks.task_outputs(cell, params, batch)
+    # dL/dh at the last step is the readout's gradient of that step's cross-entropy (/ 10 symbols).
+    logits = out[:, -1]
+    p = jax.nn.softmax(logits)
+    dlogits = (p - jax.nn.one_hot(batch.targets[:, -1], 10)) / 10
+    want = np.mean(np.linalg.norm(np.asarray(dlogits @ params["out"]["W"].T), axis=-1))
+    np.testing.assert_allclose(g[-1], want, rtol=1e-5)
+    # With the blanks' losses it would be larger early on; here the early steps get only what
+    # flows back from the recall.
+    full = task._replace(recall_loss=None)
+    g_full = np.asarray(tasks.hidden_gradients(cell, params, full, batch))
+    assert np.all(g[:10] < g_full[:10])

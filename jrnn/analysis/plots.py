@@ -227,7 +227,7 @@ def loss_curves_figure(results: Sequence[object], path: str, *, baseline: Option
 
 def task_gradients_figure(results: Sequence[object], path: str, *, title: Optional[str] = None,
                           svg: bool = False) -> list[str]:
-    """``||dL/dh_t||`` against ``t`` before (dashed) and after (solid) training, one colour per cell.
+    """``||dL/dh_t||`` against ``t``: before training (left) and after (right), one line per cell.
 
     Each curve is divided by its own largest value, so the plot shows how much
     of the loss's signal reaches the early steps.  ``results`` need
@@ -240,21 +240,22 @@ def task_gradients_figure(results: Sequence[object], path: str, *, title: Option
             drawn[r.cell] = r
     if not drawn:
         raise ValueError("no results with gradient evidence to plot")
-    fig, ax = _subplots(figsize=(7, 4.2))
-    for name, r in drawn.items():
-        for when, ls in (("untrained", "--"), ("trained", "-")):
+    fig, axes = _subplots(2, figsize=(10, 4.2))
+    for ax, when in zip(axes, ("untrained", "trained")):
+        for name, r in drawn.items():
             g = np.asarray(r.evidence.get(when, []), np.float64)
-            if g.size == 0:
+            finite = g[np.isfinite(g)]
+            if finite.size == 0 or finite.max() <= 0:
                 continue
-            peak = np.nanmax(np.where(np.isfinite(g), g, np.nan)) if np.isfinite(g).any() else np.nan
-            ax.plot(np.arange(g.size), _positive(g / peak if peak > 0 else g), ls=ls, lw=1.2,
-                    color=_COLORS.get(name), label=f"{name} ({when})")
-    ax.set_yscale("log")
-    ax.set_xlabel("step t")
-    ax.set_ylabel("||dL/dh_t|| / max_t")
+            ax.plot(np.arange(g.size), _positive(g / finite.max()), lw=1.2,
+                    color=_COLORS.get(name), label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("step t")
+        ax.set_title("before training" if when == "untrained" else "after training")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("||dL/dh_t|| / its largest value")
+    axes[1].legend(fontsize=8)
     first = next(iter(drawn.values()))
-    ax.set_title(title or f"{first.task}, T = {first.length}: gradient reaching each step")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title or f"{first.task}, T = {first.length}: how much gradient reaches each step")
     fig.tight_layout()
     return _save(fig, path, svg)

@@ -58,7 +58,9 @@ __all__ = [
     "get_task",
     "TASK_NAMES",
     "TASK_CELLS",
+    "LRU_RING",
     "task_cell",
+    "hidden_gradients",
     "init_task_model",
     "task_outputs",
     "train_task",
@@ -245,6 +247,10 @@ class Task(NamedTuple):
       ``chance`` (the same metric for a model that remembers nothing) and
       ``loss`` / ``baseline_loss``.
     * ``solved_at``: the metric at which a length counts as solved.
+    * ``recall_loss(outputs, batch) -> scalar``: the part of the loss that
+      needs the distant past (copy: the ten recalled symbols; agreement: the
+      particle; ``None``: all of ``loss``), whose gradient
+      :func:`hidden_gradients` follows back through time.
     """
 
     name: str
@@ -256,6 +262,7 @@ class Task(NamedTuple):
     sample: Callable[..., TaskBatch]
     loss: Callable[[Array, TaskBatch], Array]
     evaluate: Callable[[Array, TaskBatch], dict]
+    recall_loss: Optional[Callable[[Array, TaskBatch], Array]] = None
 
 
 def _last_output(outputs: Array, batch: TaskBatch) -> Array:
@@ -312,8 +319,11 @@ def copy_task() -> Task:
                 "loss": _mean_ce(outputs, batch.targets),
                 "baseline_loss": jnp.asarray(copy_baseline_loss(T))}
 
+    def recall_loss(outputs, batch):
+        return _mean_ce(outputs[:, -COPY_PATTERN:], batch.targets[:, -COPY_PATTERN:])
+
     return Task("copy", "recall accuracy", COPY_CLASSES, COPY_CLASSES, 1, 0.9,
-                copy_memory, loss, evaluate)
+                copy_memory, loss, evaluate, recall_loss)
 
 
 def agreement_task() -> Task:
@@ -336,7 +346,13 @@ def agreement_task() -> Task:
         return {"metric": acc, "chance": jnp.asarray(1.0 / P), "loss": jnp.mean(ce),
                 "baseline_loss": jnp.asarray(math.log(P))}
 
-    return Task("agreement", "particle accuracy", V, V, 1, 0.9, separable_verb, loss, evaluate)
+    def recall_loss(outputs, batch):
+        pos = batch.targets.shape[1] - 2
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs[:, pos],
+                                                                        batch.targets[:, pos]))
+
+    return Task("agreement", "particle accuracy", V, V, 1, 0.9, separable_verb, loss, evaluate,
+                recall_loss)
 
 
 TASK_NAMES = ("adding", "copy", "agreement")
@@ -444,9 +460,11 @@ def task_outputs(cell: Cell, params: dict, batch: TaskBatch) -> Array:
 def hidden_gradients(cell: Cell, params: dict, task: Task, batch: TaskBatch) -> Array:
     """``||dL/dh_t||`` for every step ``t``: ``float[T]``, the mean over the batch.
 
-    ``L`` is the task's own loss on ``batch`` (adding: the error at each
-    sequence's last valid step; copy: the cross-entropy of every step), and
-    ``dL/dh_t`` the total derivative through every later step, taken with
+    ``L`` is the part of the task's loss that needs the distant past
+    (``task.recall_loss``; adding: the error at each sequence's last valid
+    step; copy: the cross-entropy of the ten recalled symbols; agreement: of
+    the particle), summed over the batch, and ``dL/dh_t`` the total
+    derivative through every later step, taken with
     :func:`jrnn.diagnostics.grad_flow`'s probe: a zero perturbation added to
     the hidden state after each step.  For the same model before and after
     training this shows how much of the loss's signal reaches each distance.
@@ -469,7 +487,8 @@ def hidden_gradients(cell: Cell, params: dict, task: Task, batch: TaskBatch) -> 
     def loss(eps):
         _, hs = unroll(probed, {**params["cell"], _EPS: eps}, _encode(params, batch.inputs),
                        lengths=batch.lengths, time_major=False)
-        return task.loss(_decode(params, hs), batch) * B  # per-sequence losses, summed
+        loss_fn = task.recall_loss or task.loss
+        return loss_fn(_decode(params, hs), batch) * B  # per-sequence losses, summed
 
     eps = jnp.zeros((T, B, cell.hidden_size), batch.inputs.dtype)  # time-major, as the scan sees it
     g = jax.jit(jax.grad(loss))(eps)

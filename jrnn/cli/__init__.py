@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--bptt", type=int, help="BPTT window length T")
     t.add_argument("--unroll", type=_unroll_arg,
                    help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
+    t.add_argument("--output-precision", choices=["auto", "float32", "bfloat16"],
+                   help="operands of the output layer's matmuls: auto (the default) picks "
+                        "bfloat16 on CPUs with AMX, float32 elsewhere; evaluation is float32")
     t.add_argument("--remat", action="store_true", default=None,
                    help="recompute each step in the backward pass (less memory, long sequences)")
     t.add_argument("--data-parallel", action="store_true",

@@ -83,6 +83,8 @@ class _Progress:
               f"{f' P{c.proj_size}' if c.proj_size else ''} "
               f"({info['params'] / 1e6:.2f}M params) | {c.optimizer} lr {c.lr} clip {c.clip} "
               f"| batch {c.batch_size} bptt {c.bptt} | {info['backend']}"
+              + (" | output layer bf16 x bf16 -> f32" if info.get("output_precision") == "bfloat16"
+                 else "")
               + (f" | data parallel over {info['devices']} devices" if info["data_parallel"] else ""),
               file=sys.stderr)
 

@@ -250,9 +250,17 @@ def elman_sequence(activation: str) -> Optional[Callable]:
 # Output layer + cross-entropy
 
 
-def _chunk_losses(h, W, b, y):
+def _mm(a, b, operand_dtype):
+    """``a @ b`` with operands cast to ``operand_dtype`` (None: as they are), accumulated in ``a``'s dtype."""
+    if operand_dtype is None:
+        return a @ b
+    out = a.dtype
+    return jnp.matmul(a.astype(operand_dtype), b.astype(operand_dtype), preferred_element_type=out)
+
+
+def _chunk_losses(h, W, b, y, operand_dtype=None):
     """Cross-entropy of each row of ``h @ W + b`` against ``y``; also exp-shifted logits and their sums."""
-    logits = h @ W + b
+    logits = _mm(h, W, operand_dtype) + b
     m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     e = jnp.exp(logits - m)
     s = jnp.sum(e, axis=-1, keepdims=True)
@@ -278,9 +286,9 @@ def _split(h, y, w, chunk: int):
     )
 
 
-def _ce_losses(h, W, b, y, chunk):
+def _ce_losses(h, W, b, y, chunk, operand_dtype=None):
     hc, yc, _ = _split(h, y, jnp.zeros(h.shape[:1], h.dtype), chunk)
-    losses = jax.lax.map(lambda a: _chunk_losses(a[0], W, b, a[1])[0], (hc, yc))
+    losses = jax.lax.map(lambda a: _chunk_losses(a[0], W, b, a[1], operand_dtype)[0], (hc, yc))
     return losses.reshape(-1)[: h.shape[0]]
 
 
@@ -289,24 +297,28 @@ def _weighted_sum(losses, w):
     return jnp.sum(jnp.where(w != 0, losses * w, 0))
 
 
-def _ce_value(h, W, b, y, w, chunk):
-    losses = _ce_losses(h, W, b, y, chunk)
+def _ce_value(h, W, b, y, w, chunk, operand_dtype):
+    losses = _ce_losses(h, W, b, y, chunk, operand_dtype)
     return _weighted_sum(losses, w), losses
 
 
-_ce = jax.custom_vjp(_ce_value, nondiff_argnums=(5,))
+_ce = jax.custom_vjp(_ce_value, nondiff_argnums=(5, 6))
 
 
-def _ce_fwd(h, W, b, y, w, chunk):
+def _ce_fwd(h, W, b, y, w, chunk, operand_dtype):
     h, W, b, y, w = h.value, W.value, b.value, y.value, w.value
     N, V = h.shape[0], W.shape[1]
     hc, yc, wc = _split(h, y, w, chunk)
+    # Cast once, outside the loop over chunks (a no-op without an operand dtype).
+    Wm = W if operand_dtype is None else W.astype(operand_dtype)
+    WmT = Wm.T
 
     def chunk(hh, yy, ww):
-        loss, e, s = _chunk_losses(hh, W, b, yy)
+        loss, e, s = _chunk_losses(hh, Wm, b, yy, operand_dtype)
         dlogits = (e / s - jax.nn.one_hot(yy, V, dtype=e.dtype)) * ww[:, None]
         dlogits = jnp.where(ww[:, None] != 0, dlogits, 0)
-        return loss, dlogits @ W.T, hh.T @ dlogits, jnp.sum(dlogits, axis=0)
+        return (loss, _mm(dlogits, WmT, operand_dtype), _mm(hh.T, dlogits, operand_dtype),
+                jnp.sum(dlogits, axis=0))
 
     def body(acc, a):
         loss, dh, dW, db = chunk(*a)
@@ -320,7 +332,7 @@ def _ce_fwd(h, W, b, y, w, chunk):
     return (_weighted_sum(losses, w), losses), (h, W, b, y, w, losses, dh, dW, db)
 
 
-def _ce_bwd(chunk, res, cts):
+def _ce_bwd(chunk, operand_dtype, res, cts):
     h, W, b, y, w, losses, dh, dW, db = res
     g, g_losses = cts
     g = jnp.zeros((), losses.dtype) if isinstance(g, SymbolicZero) else g
@@ -328,7 +340,7 @@ def _ce_bwd(chunk, res, cts):
     if not isinstance(g_losses, SymbolicZero):
         # The per-row losses are differentiated too (not just the weighted
         # sum the forward pass prepared for): recompute their gradient.
-        _, vjp = jax.vjp(lambda h, W, b: _ce_losses(h, W, b, y, chunk), h, W, b)
+        _, vjp = jax.vjp(lambda h, W, b: _ce_losses(h, W, b, y, chunk, operand_dtype), h, W, b)
         grads = tuple(a + c for a, c in zip(grads, vjp(g_losses)))
     return (*grads, None, g * losses)
 
@@ -344,6 +356,7 @@ def softmax_cross_entropy(
     weights: Array,
     *,
     chunk_rows: Optional[int] = None,
+    matmul_dtype: Optional[str] = None,
 ) -> tuple[Array, Array]:
     """Output layer and cross-entropy without materializing the logits.
 
@@ -354,6 +367,11 @@ def softmax_cross_entropy(
       weights: ``float[N]``: each row's weight in the total (0 drops a row,
         ``1/B`` averages over a batch).
       chunk_rows: rows per chunk (default :func:`cross_entropy_chunk_rows`).
+      matmul_dtype: ``None`` (the inputs' dtype) or ``"bfloat16"``: the three
+        matmuls (logits, ``dh``, ``dW``) take bfloat16 operands and
+        accumulate in the inputs' dtype; the softmax, the losses and the sums
+        stay in it too.  Chosen per machine by
+        :func:`jrnn.core.select.output_matmul_dtype`.
 
     Returns:
       ``(total, losses)``: ``sum(weights * losses)`` and ``losses: float[N]``,
@@ -386,4 +404,7 @@ def softmax_cross_entropy(
         return jnp.zeros((), h.dtype), jnp.zeros((0,), h.dtype)
     chunk = cross_entropy_chunk_rows(N, W.shape[1]) if chunk_rows is None else positive_int(
         "chunk_rows", chunk_rows)
-    return _ce(h, W, b, targets, weights, min(chunk, N))
+    if matmul_dtype not in (None, "float32", "bfloat16"):
+        raise ValueError(f"matmul_dtype must be None, 'float32' or 'bfloat16', got {matmul_dtype!r}")
+    operand = None if matmul_dtype in (None, "float32") or h.dtype == jnp.bfloat16 else matmul_dtype
+    return _ce(h, W, b, targets, weights, min(chunk, N), operand)

@@ -13,11 +13,15 @@ The choices:
   factor.  A kernel chosen here that cannot run a layer (too large for its
   on-chip budget, ``lengths``, another backend) gives way to the scan;
 * :func:`cross_entropy_chunk_rows` -- rows per chunk of the chunked softmax
-  output layer (:func:`jrnn.core.backward.softmax_cross_entropy`).
+  output layer (:func:`jrnn.core.backward.softmax_cross_entropy`);
+* :func:`output_matmul_dtype` -- the operand dtype of the output layer's
+  three matmuls (``output_precision="auto"``), from the CPU's instruction
+  set (:func:`cpu_features`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -29,6 +33,11 @@ __all__ = [
     "choose_method",
     "shape_class",
     "cross_entropy_chunk_rows",
+    "PRECISIONS",
+    "PrecisionChoice",
+    "cpu_features",
+    "BF16_MIN_OUTPUT_WEIGHTS",
+    "output_matmul_dtype",
 ]
 
 # Every value ``method=`` accepts, "auto" included.
@@ -137,3 +146,76 @@ def cross_entropy_chunk_rows(num_rows: int, vocab_size: int, backend: Optional[s
     per_chunk = max(1, min(num_rows, budget // max(vocab_size, 1)))
     chunks = -(-num_rows // per_chunk)
     return -(-num_rows // chunks)  # balanced: the same chunk count, less padding
+
+
+# ---- the output layer's matmul precision ----------------------------------------------
+
+# Every value ``output_precision=`` accepts.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+class PrecisionChoice(NamedTuple):
+    """The operand dtype of the output layer's matmuls, and why."""
+
+    dtype: str  # "float32" or "bfloat16"
+    why: str
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset:
+    """The instruction-set flags of this machine's CPU (Linux ``/proc/cpuinfo``), or an empty set.
+
+    Example:
+      >>> isinstance(cpu_features(), frozenset)
+      True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+# The smallest output layer (inputs x vocabulary) for which bfloat16 was measured to pay.
+BF16_MIN_OUTPUT_WEIGHTS = 1_000_000
+
+
+def output_matmul_dtype(backend: Optional[str] = None, features: Optional[frozenset] = None, *,
+                        output_weights: Optional[int] = None) -> PrecisionChoice:
+    """What ``output_precision="auto"`` uses for the output layer's three matmuls.
+
+    bfloat16 operands with float32 accumulation where the CPU multiplies
+    bfloat16 matrices in hardware (Intel AMX, flag ``amx_bf16``) and the
+    output layer is large (``output_weights``, its ``H * V``, at least
+    :data:`BF16_MIN_OUTPUT_WEIGHTS`; ``None``: assume large); float32
+    everywhere else, including CPUs whose bfloat16 support is AVX-512 only
+    (not measured here), small output layers and accelerators (not measured
+    here).
+
+    Example:
+      >>> output_matmul_dtype("cpu", frozenset({"avx2", "amx_bf16"})).dtype
+      'bfloat16'
+      >>> output_matmul_dtype("cpu", frozenset({"avx2", "amx_bf16"}), output_weights=64 * 500).dtype
+      'float32'
+      >>> output_matmul_dtype("cpu", frozenset({"avx2", "fma"})).dtype
+      'float32'
+    """
+    backend = backend or jax.default_backend()
+    features = cpu_features() if features is None else features
+    if output_weights is not None and output_weights < BF16_MIN_OUTPUT_WEIGHTS:
+        return PrecisionChoice("float32", (
+            f"output layer of {output_weights:,} weights: below the {BF16_MIN_OUTPUT_WEIGHTS:,} "
+            "where bfloat16 was measured to pay"))
+    if backend == "cpu" and "amx_bf16" in features:
+        return PrecisionChoice("bfloat16", (
+            "CPU with AMX: the output layer's logits matmul (700 x 200 @ 200 x 10k) took 4.40 ms "
+            "with bf16 operands against 12.41 ms in float32 on the 2-core Sapphire Rapids VM "
+            "(benchmarks/RESULTS.md, 'Where the CPU step goes'); PTB perplexity checked there"))
+    if backend == "cpu":
+        return PrecisionChoice("float32", (
+            "CPU without AMX: bfloat16 matmuls would run through conversions (AVX2) or AVX-512 "
+            "BF16 dot products, not measured here"))
+    return PrecisionChoice("float32", f"{backend}: bfloat16 output layer not measured here")

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from jrnn.core.cells import CELL_KINDS, make_cell
 from jrnn.core.cells import remat as remat_cell
-from jrnn.core.select import METHODS
+from jrnn.core.select import METHODS, PRECISIONS, output_matmul_dtype
 from jrnn.core.unroll import unroll as unroll_cells
 from jrnn.core.validation import check_rate, check_tokens, positive_int
 
@@ -83,6 +83,9 @@ class LMConfig(NamedTuple):
     weight_dropout: float = 0.0
     embedding_dropout: float = 0.0
     proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
+    # Operand dtype of the output layer's matmuls ("float32" or "bfloat16"; rnn_lm resolves
+    # "auto").
+    output_precision: str = "float32"
 
 
 class NNLMConfig(NamedTuple):
@@ -159,6 +162,12 @@ def _uniform(key, shape, scale, dtype):
     return jax.random.uniform(key, shape, dtype, -scale, scale)
 
 
+def _output_precision(value: str, output_weights: int) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"output_precision must be one of {list(PRECISIONS)}, got {value!r}")
+    return output_matmul_dtype(output_weights=output_weights).dtype if value == "auto" else value
+
+
 def rnn_lm(
     vocab_size: int,
     *,
@@ -181,8 +190,18 @@ def rnn_lm(
     weight_dropout: float = 0.0,
     embedding_dropout: float = 0.0,
     proj_size: Optional[int] = None,
+    output_precision: str = "float32",
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
+
+    ``output_precision`` sets the operand dtype of the output layer's three
+    matmuls in :func:`jrnn.sequence_loss`'s chunked path (logits, ``dh``,
+    ``dW``; accumulation, softmax and losses stay float32): ``"float32"``
+    (default), ``"bfloat16"``, or ``"auto"`` -- bfloat16 where the CPU
+    multiplies it in hardware and the output layer is large
+    (:func:`jrnn.core.select.output_matmul_dtype`), resolved here, so
+    ``model.config.output_precision`` says which.
+    ``model.apply``'s logits are always float32.
 
     ``proj_size`` (LSTM only, ``0 < proj_size < hidden_size``) makes every
     layer an LSTM with projections (``jrnn.lstm(H, proj_size=P)``, PyTorch's
@@ -246,6 +265,7 @@ def rnn_lm(
         check_rate("weight_dropout", weight_dropout),
         check_rate("embedding_dropout", embedding_dropout),
         None if proj_size is None else positive_int("proj_size", proj_size),
+        _output_precision(output_precision, (proj_size or hidden_size) * vocab_size),
     )
     if proj_size is not None and (cell != "lstm" or proj_size >= hidden_size):
         raise ValueError(f"proj_size is for LSTM cells and must be smaller than hidden_size "

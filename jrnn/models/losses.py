@@ -92,7 +92,8 @@ def sequence_loss(
         if mask is not None:
             weights = jnp.where(mask, weights, 0.0)
         loss, losses = softmax_cross_entropy(
-            h.reshape(B * T, H), W_out, b_out, targets.reshape(-1), weights.reshape(-1)
+            h.reshape(B * T, H), W_out, b_out, targets.reshape(-1), weights.reshape(-1),
+            matmul_dtype=getattr(model.config, "output_precision", None),
         )
         losses = losses.reshape(B, T)
         if mask is not None:

@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any, Optional, Union
 
+from jrnn.core.select import PRECISIONS
 from jrnn.core.validation import positive_int
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "DEFAULT"]
@@ -89,6 +90,7 @@ class TrainConfig:
     weight_dropout: float = 0.0
     embedding_dropout: float = 0.0
     proj_size: Optional[int] = None
+    output_precision: str = "auto"
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -115,6 +117,9 @@ class TrainConfig:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.unroll != "auto":
             _positive_int("unroll", self.unroll)
+        if self.output_precision not in PRECISIONS:
+            raise ConfigError(f"output_precision must be one of {list(PRECISIONS)}, "
+                              f"got {self.output_precision!r}")
         if self.proj_size is not None:
             _positive_int("proj_size", self.proj_size)
             if self.cell != "lstm" or self.proj_size >= self.hidden_size:

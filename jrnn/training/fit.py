@@ -136,7 +136,8 @@ def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
                   method="auto" if auto else "scan", scan_unroll=None if auto else config.unroll,
                   remat=config.remat, variational=config.variational,
                   recurrent_dropout=config.recurrent_dropout, weight_dropout=config.weight_dropout,
-                  embedding_dropout=config.embedding_dropout, proj_size=config.proj_size)
+                  embedding_dropout=config.embedding_dropout, proj_size=config.proj_size,
+                  output_precision=config.output_precision)
 
 
 def load_for_inference(path: str):
@@ -439,6 +440,7 @@ def fit(
             "backend": jax.default_backend(), "devices": mesh.size if mesh is not None else 1,
             "data_parallel": mesh is not None, "processes": jax.process_count(),
             "config": config,
+            "output_precision": getattr(model.config, "output_precision", "float32"),
         })
 
     def meta_for(epoch, window, totals=None):

@@ -208,8 +208,12 @@ def make_eval_step(model: LanguageModel, *, jit: bool = True) -> Callable:
     """Build ``eval_step(params, inputs, targets, carry=None, mask=None) -> (nll_sum, num_tokens, carry)``.
 
     Summing ``nll_sum`` and ``num_tokens`` over the windows of a text gives
-    its perplexity ``exp(nll_sum / num_tokens)``.  No dropout.
+    its perplexity ``exp(nll_sum / num_tokens)``.  No dropout, and the
+    output layer in float32 whatever ``output_precision`` the model trains
+    with, so reported perplexities never depend on it.
     """
+    if getattr(model.config, "output_precision", "float32") != "float32":
+        model = model._replace(config=model.config._replace(output_precision="float32"))
 
     def eval_step(params, inputs, targets, carry=None, mask=None):
         loss, aux = sequence_loss(model, params, inputs, targets, carry, mask=mask)
