@@ -140,7 +140,7 @@ def evidence_table(results) -> str:
 
 def report(entry: dict, need: int, num_seeds: int, out_dir: str) -> None:
     """Print one task's tables and draw its figures from its JSON entry."""
-    from jrnn import plots
+    from jrnn.analysis import plots
 
     name, lengths, cells = entry["name"], entry["lengths"], entry["cells"]
     results = [tasks.TaskResult(**{**r, "history": [tuple(h) for h in r["history"]]})
