@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jrnn.analysis.diagnostics import CELL_NAMES, cell_by_name
+from jrnn.analysis.diagnostics import _EPS, CELL_NAMES, _probed, cell_by_name
 from jrnn.core.cells import Cell
 from jrnn.core.parallel import associative_unroll, diagonal
 from jrnn.core.unroll import unroll
@@ -479,8 +479,6 @@ def hidden_gradients(cell: Cell, params: dict, task: Task, batch: TaskBatch) -> 
       >>> g.shape, bool(g[0] < g[-3])
       ((22,), True)
     """
-    from jrnn.analysis.diagnostics import _EPS, _probed
-
     probed = _probed(cell)
     B, T = batch.inputs.shape[:2]
 
