@@ -180,5 +180,9 @@ def test_data_parallel_flag_on_one_device_and_bad_unroll(ptb, tmp_path, capsys):
     assert main(["train", "--data", ptb, "--out", out, "--epochs", "1", "--data-parallel",
                  "--unroll", "2", "--remat", "--release-host-memory", *TINY]) == 0
     assert "data parallel over" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--unroll", "fast"])
+    capsys.readouterr()
+    for bad in (["--unroll", "fast"], ["--output-precision", "fp8"]):
+        with pytest.raises(SystemExit) as e:
+            main(["train", *bad])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("jrnn train: error:"), err

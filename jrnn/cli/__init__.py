@@ -33,6 +33,13 @@ def _unroll_arg(text: str):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``jrnn train: error: ...``, exit code 2), not its usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 CHECKPOINT_HELP = ("a checkpoint file, a run directory, or a folder with a `latest` pointer "
                    "(default runs: the latest run)")
 
@@ -45,7 +52,7 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jrnn", description="Train, evaluate and use RNN language models.")
     p.add_argument("--version", action="version", version=f"jrnn {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
