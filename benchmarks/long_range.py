@@ -198,9 +198,13 @@ def main(argv=None) -> int:
                         "a long_range.json this script wrote")
     args = p.parse_args(argv)
     if args.report:
-        saved = json.loads(Path(args.report).read_text())
+        try:
+            saved = json.loads(Path(args.report).read_text())
+            entries = saved["tasks"].items()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            p.error(f"--report: {args.report} is not a long_range.json this script wrote ({e})")
         os.makedirs(args.out, exist_ok=True)
-        for key, entry in saved["tasks"].items():
+        for key, entry in entries:
             report({"name": key, **entry}, saved["need"], len(saved["seeds"]), args.out)
         return 0
     preset = PRESETS[args.preset]

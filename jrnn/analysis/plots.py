@@ -53,6 +53,17 @@ def _save(fig, path: str, svg: bool) -> list[str]:
     return out
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: str, svg: bool) -> list[str]:
+    """Label one set of axes, add its grid and legend, and save the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
 def _positive(y) -> np.ndarray:
     """Values a log axis can show: non-positive or non-finite ones (underflow, overflow) become gaps."""
     y = np.asarray(y, np.float64)
@@ -179,14 +190,9 @@ def sweep_figure(results: Sequence[object], path: str, *, solved_at: Optional[fl
     if solved_at is not None:
         ax.axhline(solved_at, color="k", ls="--", lw=0.8, label="solved")
     ax.set_xscale("log")
-    ax.set_xlabel("length T (distance k for agreement)")
-    ax.set_ylabel("held-out metric")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title or f"{results[0].task}: where each cell stops learning")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path, svg)
+    return _finish(fig, ax, "length T (distance k for agreement)", "held-out metric",
+                   title or f"{results[0].task}: where each cell stops learning", path, svg)
 
 
 def loss_curves_figure(results: Sequence[object], path: str, *, baseline: Optional[float] = None,
@@ -216,13 +222,8 @@ def loss_curves_figure(results: Sequence[object], path: str, *, baseline: Option
     if baseline is not None:
         ax.axhline(baseline, color="k", ls="--", lw=1, label=f"no memory ({baseline:.3f})")
     ax.set_yscale("log")
-    ax.set_xlabel("training sequences" if batch_size else "training steps")
-    ax.set_ylabel("training loss")
-    ax.set_title(title or f"{results[0].task}: training loss")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path, svg)
+    return _finish(fig, ax, "training sequences" if batch_size else "training steps",
+                   "training loss", title or f"{results[0].task}: training loss", path, svg)
 
 
 def task_gradients_figure(results: Sequence[object], path: str, *, title: Optional[str] = None,
