@@ -35,11 +35,10 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry, gru_update, lstm_update
-from jrnn.core.select import cross_entropy_chunk_rows
+from jrnn.core.select import cross_entropy_chunk_rows, transposed_copies
 from jrnn.core.validation import positive_int
 
 Array = jax.Array
@@ -73,12 +72,15 @@ def _weight_grad(h_prev: Array, dz: Array) -> Array:
 @functools.lru_cache(maxsize=None, typed=True)  # typed: unroll=True != unroll=1
 def _lstm_run(H: int, reverse: bool, unroll: int) -> Callable:
     def forward(W_h, xs, h0, c0):
+        # The loop keeps c and the gates; h = o * tanh(c) is rebuilt for all
+        # steps at once after it (one write per step fewer in the loop).
         def body(carry, x):
             h, c = carry
             h, c, a = lstm_update(x + h @ W_h, c, H)
-            return (h, c), (h, c, a)
+            return (h, c), (c, a)
 
-        return jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
+        final, (cs, acts) = jax.lax.scan(body, (h0, c0), xs, reverse=reverse, unroll=unroll)
+        return final, (acts[..., 3 * H :] * jnp.tanh(cs), cs, acts)
 
     @jax.custom_vjp
     def run(W_h, xs, h0, c0):
@@ -92,22 +94,27 @@ def _lstm_run(H: int, reverse: bool, unroll: int) -> Callable:
     def run_bwd(res, cts):
         W_h, hs, cs, acts, h0, c0 = res
         (dh_T, dc_T), dhs = cts
-        is_g = jnp.asarray(np.arange(4 * H) // H == 2)
+        # Everything of dz_t that does not depend on the cotangents flowing
+        # back, for all steps at once (vectorized over T), so the loop does only
+        #   dc = dc_{t+1} + dh o (1 - tanh(c)^2),  dz = [dc, dc, dc, dh] * k,
+        # with k = [g i(1-i), c_{t-1} f(1-f), i (1-g^2), tanh(c) o(1-o)].
+        i, f, g, o = (acts[..., j * H : (j + 1) * H] for j in range(4))
+        tc = jnp.tanh(cs)
+        c_prev = _prev(cs, c0, reverse)
+        k = jnp.concatenate(
+            [g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], axis=-1)
+        m = o * (1 - tc * tc)
 
         def body(carry, inp):
             dh_next, dc_next = carry
-            a, c, c_prev, dh_out = inp
+            k_t, m_t, f_t, dh_out = inp
             dh = dh_out + dh_next
-            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            tc = jnp.tanh(c)
-            dc = dc_next + dh * o * (1 - tc * tc)
-            da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
-            dz = da * jnp.where(is_g, 1 - a * a, a * (1 - a))
-            return (dz @ W_h.T, dc * f), dz
+            dc = dc_next + dh * m_t
+            dz = jnp.concatenate([dc, dc, dc, dh], axis=-1) * k_t
+            return (dz @ W_h.T, dc * f_t), dz
 
         (dh0, dc0), dzs = jax.lax.scan(
-            body, (dh_T, dc_T), (acts, cs, _prev(cs, c0, reverse), dhs),
-            reverse=not reverse, unroll=unroll,
+            body, (dh_T, dc_T), (k, m, f, dhs), reverse=not reverse, unroll=unroll,
         )
         return _weight_grad(_prev(hs, h0, reverse), dzs), dzs, dh0, dc0
 
@@ -305,38 +312,51 @@ def _ce_value(h, W, b, y, w, chunk, operand_dtype):
 _ce = jax.custom_vjp(_ce_value, nondiff_argnums=(5, 6))
 
 
+def _transposed_chunks(hc: Array) -> Array:
+    """``hc: [k, n, H]`` -> ``[k, H, n]``, as a row-major copy where the matmul wants one.
+
+    Each chunk's ``dW = h^T dlogits`` reads it.  A plain transpose is folded
+    into that matmul, which XLA's CPU backend then runs in Eigen with
+    bfloat16 operands upcast (:func:`jrnn.core.select.transposed_copies`);
+    flattening behind an optimization barrier makes the transpose a real copy
+    (280 kB for Zaremba-small) that the folding cannot see through.
+    """
+    k, n, H = hc.shape
+    hcT = jnp.swapaxes(hc, 1, 2)
+    if not transposed_copies(hc.dtype):
+        return hcT
+    return jax.lax.optimization_barrier(hcT.reshape(-1)).reshape(k, H, n)
+
+
 def _ce_fwd(h, W, b, y, w, chunk, operand_dtype):
     h, W, b, y, w = h.value, W.value, b.value, y.value, w.value
     N, V = h.shape[0], W.shape[1]
     hc, yc, wc = _split(h, y, w, chunk)
     # Cast once, outside the loop over chunks (a no-op without an operand dtype).
     Wm = W if operand_dtype is None else W.astype(operand_dtype)
+    hcT = _transposed_chunks(hc if operand_dtype is None else hc.astype(operand_dtype))
 
-    def grads_of(hh, dlogits):
-        if operand_dtype is None:
-            return dlogits @ W.T, hh.T @ dlogits
-        # Low-precision operands: contract the shared axes in place (dot_general) rather
-        # than through transposed copies, which XLA's CPU bf16 matmuls run slower (1.8 ms
-        # against 4.6 ms for dh on a 140-row chunk, benchmarks/RESULTS.md).
-        d = dlogits.astype(operand_dtype)
-        dh = jax.lax.dot_general(d, Wm, (((1,), (1,)), ((), ())), preferred_element_type=hh.dtype)
-        dW = jax.lax.dot_general(hh.astype(operand_dtype), d, (((0,), (0,)), ((), ())),
-                                 preferred_element_type=hh.dtype)
+    def grads_of(hhT, dlogits):
+        # Both contract dlogits' minor axis or hhT's, in place (dot_general): the
+        # layouts XLA's CPU matmul library takes without a transposed copy.
+        d = dlogits if operand_dtype is None else dlogits.astype(operand_dtype)
+        dh = jax.lax.dot_general(d, Wm, (((1,), (1,)), ((), ())), preferred_element_type=h.dtype)
+        dW = jnp.matmul(hhT, d, preferred_element_type=h.dtype)
         return dh, dW
 
-    def chunk(hh, yy, ww):
+    def chunk(hh, hhT, yy, ww):
         loss, e, s = _chunk_losses(hh, Wm, b, yy, operand_dtype)
         dlogits = (e / s - jax.nn.one_hot(yy, V, dtype=e.dtype)) * ww[:, None]
         dlogits = jnp.where(ww[:, None] != 0, dlogits, 0)
-        return (loss, *grads_of(hh, dlogits), jnp.sum(dlogits, axis=0))
+        return (loss, *grads_of(hhT, dlogits), jnp.sum(dlogits, axis=0))
 
     def body(acc, a):
         loss, dh, dW, db = chunk(*a)
         return (acc[0] + dW, acc[1] + db), (loss, dh)
 
     # The first chunk starts the sums (no zero-filled [H, V] buffer to add to).
-    loss0, dh0, dW, db = chunk(hc[0], yc[0], wc[0])
-    (dW, db), (losses, dh) = jax.lax.scan(body, (dW, db), (hc[1:], yc[1:], wc[1:]))
+    loss0, dh0, dW, db = chunk(hc[0], hcT[0], yc[0], wc[0])
+    (dW, db), (losses, dh) = jax.lax.scan(body, (dW, db), (hc[1:], hcT[1:], yc[1:], wc[1:]))
     losses = jnp.concatenate([loss0, losses.reshape(-1)])[:N]
     dh = jnp.concatenate([dh0, dh.reshape(-1, h.shape[1])])[:N]
     return (_weighted_sum(losses, w), losses), (h, W, b, y, w, losses, dh, dW, db)
