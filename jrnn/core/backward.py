@@ -9,7 +9,9 @@ gradient XLA derives is correct but slow on a CPU:
   :func:`gru_sequence` and :func:`elman_sequence` run the same forward scan
   (keeping the gate activations) under a ``jax.custom_vjp`` whose backward
   loop carries only ``(dh, dc)``: per step, the gate cotangent ``dz_t`` in a
-  few whole-array operations and ``dh_{t-1} = dz_t W_h^T``; after the loop
+  few whole-array operations (for the LSTM, every factor of ``dz_t`` that
+  does not depend on the flowing cotangents is built for all steps at once,
+  before the loop) and ``dh_{t-1} = dz_t W_h^T``; after the loop
   ``dW_h = sum_t h_{t-1}^T dz_t`` is **one** ``[H, T*B] x [T*B, G*H]`` matmul
   (as cuDNN does) and ``dz`` itself is the cotangent of the hoisted input
   projection.  The formulas are those of :mod:`jrnn.reference`'s hand-written
@@ -20,7 +22,10 @@ gradient XLA derives is correct but slow on a CPU:
   walks the rows in chunks of about a million logits: per chunk the logits,
   the loss and, when a gradient is wanted, ``dlogits = softmax - onehot``,
   folded at once into ``dh``, ``dW`` and ``db``.  The [B*T, V] arrays never
-  exist (the memory saved is measured in ``benchmarks/RESULTS.md``).
+  exist (the memory saved is measured in ``benchmarks/RESULTS.md``).  With
+  bfloat16 operands on a CPU, ``dW = h^T dlogits`` reads a row-major copy of
+  ``h^T`` (:func:`jrnn.core.select.transposed_copies`), the layout XLA's fast
+  CPU matmuls take.
 
 Both are used by default (``jrnn.rnn_lm(..., custom_vjp=True)``, ``jrnn.unroll(...,
 custom_vjp=True)``).  A cell carries its whole-layer pass in its ``sequence``
