@@ -93,3 +93,16 @@ def test_training_loss_uses_bf16_but_evaluation_stays_float32():
     e32 = make_eval_step(f32)(params, x, y)
     e16 = make_eval_step(bf16)(params, x, y)
     assert float(e16[0]) == float(e32[0]) and int(e16[1]) == int(e32[1])
+
+
+def test_bf16_weight_gradient_reads_a_real_transposed_copy_on_cpu():
+    # The copy is the same values as the transpose; on a CPU, for bf16, it sits behind an
+    # optimization barrier (so XLA cannot fold it back into the dW matmul), and only there.
+    hc = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4))
+    for dtype in (jnp.bfloat16, jnp.float32):
+        x = hc.astype(dtype)
+        np.testing.assert_array_equal(backward._transposed_chunks(x), jnp.swapaxes(x, 1, 2))
+        hlo = jax.jit(backward._transposed_chunks).lower(x).as_text()
+        assert ("optimization_barrier" in hlo) == select.transposed_copies(dtype), dtype
+    assert select.transposed_copies(jnp.bfloat16, "cpu") and not select.transposed_copies(
+        jnp.float32, "cpu") and not select.transposed_copies(jnp.bfloat16, "gpu")

@@ -141,3 +141,13 @@ def test_fused_epoch_equals_window_by_window_loop():
     chex.assert_trees_all_close(carry_a, carry_b, atol=1e-10)
     np.testing.assert_allclose(np.asarray(ms["loss"]), losses, rtol=1e-10)
     assert ms["grad_norm"].shape == (5,) and sorted(seen) == [1, 3]
+
+
+def test_gradient_sums_of_squares_flag_nonfinite_leaves_real_and_complex():
+    from jrnn.training.step import _sum_sq
+
+    assert float(_sum_sq(jnp.array([3.0, 4.0]))) == 25.0
+    assert float(_sum_sq(jnp.array([3.0 + 4.0j, 1.0j]))) == 26.0
+    assert _sum_sq(jnp.array([3.0 + 4.0j, 1.0j])).dtype.kind == "f"  # a real scalar
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        assert not bool(jnp.isfinite(_sum_sq(jnp.array([1.0, bad]))))
