@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     result = {
         "shape": f"B{a.batch} T{a.steps} H{a.hidden} L{a.layers} V{a.vocab} {a.cell}",
         "unroll": a.unroll, "output_precision": model.config.output_precision,
-        "cores": len(os.sched_getaffinity(0)), "tokens_per_s": tok_s, "step_ms": med * 1e3, "compile_s": compile_s,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(), "tokens_per_s": tok_s, "step_ms": med * 1e3, "compile_s": compile_s,
         "backend": jax.default_backend(), "device": str(jax.devices()[0]),
         "jax": jax.__version__, "python": platform.python_version(),
     }

@@ -342,8 +342,8 @@ def _ce_fwd(h, W, b, y, w, chunk, operand_dtype):
     hcT = _transposed_chunks(hc if operand_dtype is None else hc.astype(operand_dtype))
 
     def grads_of(hhT, dlogits):
-        # Both contract dlogits' minor axis or hhT's, in place (dot_general): the
-        # layouts XLA's CPU matmul library takes without a transposed copy.
+        # dh contracts the minor axes of dlogits and W in place (dot_general); dW reads
+        # hhT, a real transposed copy where _transposed_chunks makes one.
         d = dlogits if operand_dtype is None else dlogits.astype(operand_dtype)
         dh = jax.lax.dot_general(d, Wm, (((1,), (1,)), ((), ())), preferred_element_type=h.dtype)
         dW = jnp.matmul(hhT, d, preferred_element_type=h.dtype)

@@ -81,9 +81,7 @@ def make_train_step(
     cross-entropy; ``exp`` of it is perplexity), ``num_tokens``,
     ``grad_norm`` (global norm *before* clipping), ``finite`` (loss and every
     gradient finite), ``finite_leaves`` (``bool[L]``: each parameter leaf's
-    gradient finite, in ``jax.tree_util.tree_leaves`` order; read off the
-    leaf's sum of squares, so a leaf whose squares overflow -- entries near
-    1e19 in float32 -- counts as non-finite too) and ``skipped`` (the update was dropped because of a
+    gradient finite, in ``jax.tree_util.tree_leaves`` order) and ``skipped`` (the update was dropped because of a
     non-finite value; only with ``skip_nonfinite``).
 
     The step is ``jax.jit``-compiled with the state and carry buffers donated
@@ -121,14 +119,18 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, inputs, targets, carry, mask, dropout_key
         )
-        # One flag per parameter leaf, so a non-finite step can name what broke.  The
-        # flags come from the sums of squares the global norm needs anyway (a NaN or
-        # inf anywhere in a leaf makes its sum non-finite): one pass over the
-        # gradients instead of two (1.7 ms against 3.5 ms with the update, for
-        # Zaremba-small's 4.6M parameters on a 2-core CPU).
-        sq = jnp.stack([_sum_sq(g) for g in jax.tree_util.tree_leaves(grads)])
+        # One flag per parameter leaf, so a non-finite step can name what broke.  A NaN
+        # or inf anywhere in a leaf makes the sum of squares the global norm needs
+        # non-finite, so when every sum is finite so is every leaf, and only otherwise
+        # are the leaves read again (a sum can also overflow on large finite entries):
+        # one pass over the gradients instead of two in the usual step (1.9 ms against
+        # 3.7 ms with the update, for Zaremba-small's 4.6M parameters on a 2-core CPU).
+        leaves = jax.tree_util.tree_leaves(grads)
+        sq = jnp.stack([_sum_sq(g) for g in leaves])
         grad_norm = jnp.sqrt(jnp.sum(sq))
-        finite_leaves = jnp.isfinite(sq)
+        finite_leaves = jax.lax.cond(
+            jnp.all(jnp.isfinite(sq)), lambda: jnp.ones(sq.shape, bool),
+            lambda: jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
         finite = jnp.isfinite(loss) & jnp.all(finite_leaves)
         if clip is None:
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
