@@ -151,3 +151,17 @@ def test_gradient_sums_of_squares_flag_nonfinite_leaves_real_and_complex():
     assert _sum_sq(jnp.array([3.0 + 4.0j, 1.0j])).dtype.kind == "f"  # a real scalar
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
         assert not bool(jnp.isfinite(_sum_sq(jnp.array([1.0, bad]))))
+
+
+def test_finite_flags_keep_large_finite_leaves_whose_squares_overflow():
+    from jrnn.training.step import _norm_and_finite_flags
+
+    big = jnp.full((4,), 1e30, jnp.float32)  # finite, but 1e60 overflows float32
+    small = jnp.array([3.0, 4.0], jnp.float32)
+    norm, flags = _norm_and_finite_flags([small, big])
+    assert not bool(jnp.isfinite(norm))
+    assert flags.tolist() == [True, True]
+    norm, flags = _norm_and_finite_flags([small, big, jnp.array([1.0, jnp.nan], jnp.float32)])
+    assert flags.tolist() == [True, True, False]
+    norm, flags = _norm_and_finite_flags([small, jnp.array([0.0, 0.0])])
+    assert float(norm) == 5.0 and flags.tolist() == [True, True]

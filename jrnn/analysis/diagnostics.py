@@ -38,10 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jrnn.core.cells import Cell, gate_size, make_cell
-from jrnn.core.gates import ACTIVATIONS, LSTMCarry
+from jrnn.core.cells import Cell, make_cell
+from jrnn.core.gates import ACTIVATIONS
 from jrnn.core.unroll import unroll
 from jrnn.core.validation import check_clip_norm, check_sequence, check_tokens, positive_int
+from jrnn.analysis.probes import PROBE_KEY, probed
 from jrnn.models.losses import sequence_loss
 
 Array = jax.Array
@@ -73,9 +74,6 @@ CELL_NAMES = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
 
 # The largest value of each activation's derivative: the per-step factor of the bound.
 MAX_DERIVATIVE = {name: a.max_derivative for name, a in ACTIVATIONS.items()}
-
-_EPS = "__jrnn_probe_eps__"  # params key through which grad_flow injects its probes
-
 
 def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
     """One of :data:`CELL_NAMES` (``"tanh"`` is the tanh Elman cell, and so on).
@@ -127,44 +125,6 @@ class GradFlow(NamedTuple):
     inputs: Array  # float[T]
 
 
-def _add_to_hidden(carry, eps: Array):
-    if isinstance(carry, LSTMCarry):
-        return carry._replace(h=carry.h + eps)
-    if isinstance(carry, (jax.Array, np.ndarray)) or hasattr(carry, "shape"):
-        extra = carry.shape[-1] - eps.shape[-1]
-        if extra > 0:  # a complex diagonal carry (Re h, Im h): the hidden state is Re h
-            eps = jnp.concatenate([eps, jnp.zeros(eps.shape[:-1] + (extra,), eps.dtype)], axis=-1)
-        return carry + eps
-    raise TypeError(
-        f"cannot find the hidden state in a carry of type {type(carry).__name__}; "
-        "grad_flow supports array carries and LSTMCarry"
-    )
-
-
-def _probed(cell: Cell) -> Cell:
-    """``cell`` with a zero perturbation ``eps_t`` added to its hidden state after each step.
-
-    The perturbations ride in the params dict (under a private key) and into
-    the scan appended to the projected inputs (``[..., G*H + H]``), so the
-    probed cell runs through :func:`jrnn.unroll`'s own scan; ``d loss / d
-    eps_t`` is then exactly the total derivative ``d loss / d h_t`` (through
-    the readout at ``t`` and every later step).
-    """
-    split = cell.num_gates * gate_size(cell)
-
-    def project(params, xs):
-        return jnp.concatenate([cell.project(params, xs), params[_EPS]], axis=-1)
-
-    def step(params, carry, x):
-        carry, _ = cell.step(params, carry, x[..., :split])
-        carry = _add_to_hidden(carry, x[..., split:])
-        return carry, cell.hidden(carry)
-
-    # A new step: the cell's hand-written backward pass (tied to its own step)
-    # no longer applies, and unroll differentiates this step with autodiff.
-    return cell._replace(project=project, step=step)
-
-
 def _default_readout(hs: Array) -> Array:
     # dL_t/dh_t is the all-ones vector: the gradient that flows back is W_h's
     # (transposed) action on ones, nothing else.
@@ -207,7 +167,7 @@ def grad_flow(
     xs = _check_xs(xs, params)
     readout = _default_readout if readout is None else readout
     T, B, _ = xs.shape
-    probed = _probed(cell)
+    probed_cell = probed(cell)
     eps0 = jnp.zeros((T, B, cell.hidden_size), xs.dtype)
 
     if carry is None:
@@ -215,7 +175,7 @@ def grad_flow(
 
     def flows(params, xs, carry):
         def losses(eps, xs):
-            _, hs = unroll(probed, {**params, _EPS: eps}, xs, carry)
+            _, hs = unroll(probed_cell, {**params, PROBE_KEY: eps}, xs, carry)
             out = readout(hs)
             if out.shape != (T, B):
                 raise ValueError(f"readout must return per-step losses [T, B]=({T}, {B}), got {out.shape}")
@@ -248,8 +208,8 @@ def _lm_forward(model, params, tokens: Array, eps=None, xs=None):
     if xs is None:
         xs = params["embed"][jnp.asarray(tokens).T]
     if eps is not None:
-        cells = [_probed(c) for c in cells]
-        params = {**params, "layers": [{**p, _EPS: e} for p, e in zip(params["layers"], eps)]}
+        cells = [probed(c) for c in cells]
+        params = {**params, "layers": [{**p, PROBE_KEY: e} for p, e in zip(params["layers"], eps)]}
     hs, _ = model.recurrence(params, xs, cells=cells)
     W_out, b_out = model.readout(params)
     logits = jnp.swapaxes(hs, 0, 1) @ W_out + b_out

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jrnn.analysis.diagnostics import _EPS, CELL_NAMES, _probed, cell_by_name
+from jrnn.analysis.diagnostics import CELL_NAMES, cell_by_name
+from jrnn.analysis.probes import PROBE_KEY, probed
 from jrnn.core.cells import Cell
 from jrnn.core.parallel import associative_unroll, diagonal
 from jrnn.core.unroll import unroll
@@ -487,11 +488,11 @@ def hidden_gradients(cell: Cell, params: dict, task: Task, batch: TaskBatch) -> 
 def _hidden_gradients(cell: Cell, task: Task, params: dict, batch: TaskBatch) -> Array:
     # Params and batch are arguments (not constants baked into the program), so the
     # before- and after-training calls of one run share one compiled program.
-    probed = _probed(cell)
+    probed_cell = probed(cell)
     B, T = batch.inputs.shape[:2]
 
     def loss(eps):
-        _, hs = unroll(probed, {**params["cell"], _EPS: eps}, _encode(params, batch.inputs),
+        _, hs = unroll(probed_cell, {**params["cell"], PROBE_KEY: eps}, _encode(params, batch.inputs),
                        lengths=batch.lengths, time_major=False)
         loss_fn = task.recall_loss or task.loss
         return loss_fn(_decode(params, hs), batch) * B  # per-sequence losses, summed

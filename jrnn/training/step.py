@@ -57,6 +57,23 @@ def _sum_sq(g: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(jnp.abs(g) if jnp.iscomplexobj(g) else g))
 
 
+def _norm_and_finite_flags(leaves: list) -> tuple[jax.Array, jax.Array]:
+    """``(global norm, bool[L] finite flag per leaf)`` of gradient ``leaves``.
+
+    A NaN or inf anywhere in a leaf makes the sum of squares the global norm
+    needs non-finite, so when every sum is finite so is every leaf, and only
+    otherwise are the leaves read again (a sum can also overflow on large
+    finite entries, which stay flagged finite): one pass over the gradients
+    instead of two in the usual step (1.9 ms against 3.7 ms with the update,
+    for Zaremba-small's 4.6M parameters on a 2-core CPU).
+    """
+    sq = jnp.stack([_sum_sq(g) for g in leaves])
+    finite_leaves = jax.lax.cond(
+        jnp.all(jnp.isfinite(sq)), lambda: jnp.ones(sq.shape, bool),
+        lambda: jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+    return jnp.sqrt(jnp.sum(sq)), finite_leaves
+
+
 def make_train_step(
     model: LanguageModel,
     optimizer: optax.GradientTransformation,
@@ -119,18 +136,8 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, inputs, targets, carry, mask, dropout_key
         )
-        # One flag per parameter leaf, so a non-finite step can name what broke.  A NaN
-        # or inf anywhere in a leaf makes the sum of squares the global norm needs
-        # non-finite, so when every sum is finite so is every leaf, and only otherwise
-        # are the leaves read again (a sum can also overflow on large finite entries):
-        # one pass over the gradients instead of two in the usual step (1.9 ms against
-        # 3.7 ms with the update, for Zaremba-small's 4.6M parameters on a 2-core CPU).
-        leaves = jax.tree_util.tree_leaves(grads)
-        sq = jnp.stack([_sum_sq(g) for g in leaves])
-        grad_norm = jnp.sqrt(jnp.sum(sq))
-        finite_leaves = jax.lax.cond(
-            jnp.all(jnp.isfinite(sq)), lambda: jnp.ones(sq.shape, bool),
-            lambda: jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+        # One flag per parameter leaf, so a non-finite step can name what broke.
+        grad_norm, finite_leaves = _norm_and_finite_flags(jax.tree_util.tree_leaves(grads))
         finite = jnp.isfinite(loss) & jnp.all(finite_leaves)
         if clip is None:
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
