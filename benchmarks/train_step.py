@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 import jrnn
-from jrnn.core.select import PRECISIONS
+from jrnn.core.select import PRECISIONS, cpu_features
 
 
 def main(argv=None) -> dict:
@@ -69,6 +69,7 @@ def main(argv=None) -> dict:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(), "tokens_per_s": tok_s, "step_ms": med * 1e3, "compile_s": compile_s,
         "backend": jax.default_backend(), "device": str(jax.devices()[0]),
         "jax": jax.__version__, "python": platform.python_version(),
+        "vector": sorted(f for f in cpu_features() if f.startswith(("avx", "amx", "fma", "sse4"))),
     }
     print(f"jrnn {result['shape']} unroll {a.unroll} output {result['output_precision']} "
           f"on {result['cores']} core(s): {tok_s / 1e3:.1f}k tok/s, "
