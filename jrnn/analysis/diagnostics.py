@@ -75,6 +75,7 @@ CELL_NAMES = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
 # The largest value of each activation's derivative: the per-step factor of the bound.
 MAX_DERIVATIVE = {name: a.max_derivative for name, a in ACTIVATIONS.items()}
 
+
 def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
     """One of :data:`CELL_NAMES` (``"tanh"`` is the tanh Elman cell, and so on).
 
