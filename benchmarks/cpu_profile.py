@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 
 import jrnn  # noqa: E402
 from jrnn.core.backward import softmax_cross_entropy  # noqa: E402
+from jrnn.core.select import vector_extensions  # noqa: E402
 
 B, T, H, V = 20, 35, 200, 10_000
 N = B * T
@@ -59,11 +60,9 @@ def cpu_info() -> dict:
             key, _, value = line.partition(":")
             if key.strip() in ("Model name", "Model", "CPU(s)", "Thread(s) per core"):
                 info[key.strip()] = value.strip()
-            if key.strip() == "Flags":
-                flags = value.split()
-                info["vector"] = [f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))]
     except (OSError, subprocess.SubprocessError):
         info["lscpu"] = "not available"
+    info["vector"] = vector_extensions()
     return info
 
 

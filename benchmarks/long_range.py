@@ -37,6 +37,7 @@ import jax  # noqa: E402
 
 from jrnn.analysis import tasks  # noqa: E402
 from jrnn.cli.tools import format_sweep_table, result_to_dict  # noqa: E402
+from jrnn.core.select import vector_extensions  # noqa: E402
 
 ALL = ["linear", "tanh", "sigmoid", "relu", "lstm", "gru", "lru"]
 
@@ -93,10 +94,9 @@ def machine() -> dict:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         info["cpu"] = fields.get("Model name", "").strip()
-        flags = fields.get("Flags", "").split()
-        info["vector_extensions"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     except (OSError, subprocess.SubprocessError, ValueError):
         info["cpu"] = platform.processor()
+    info["vector_extensions"] = vector_extensions()
     return info
 
 

@@ -760,7 +760,7 @@ def machine() -> dict:
     except OSError:
         pass
     # The vector extensions the speed depends on (the brief: record them with every timing).
-    info["vector"] = sorted(f for f in select.cpu_features() if f.startswith(("avx", "amx", "fma", "sse4")))
+    info["vector"] = select.vector_extensions()
     try:
         info["loadavg_start"] = os.getloadavg()
     except OSError:

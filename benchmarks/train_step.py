@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 import jrnn
-from jrnn.core.select import PRECISIONS, cpu_features
+from jrnn.core.select import PRECISIONS, vector_extensions
 
 
 def main(argv=None) -> dict:
@@ -66,10 +66,11 @@ def main(argv=None) -> dict:
     result = {
         "shape": f"B{a.batch} T{a.steps} H{a.hidden} L{a.layers} V{a.vocab} {a.cell}",
         "unroll": a.unroll, "output_precision": model.config.output_precision,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(), "tokens_per_s": tok_s, "step_ms": med * 1e3, "compile_s": compile_s,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "tokens_per_s": tok_s, "step_ms": med * 1e3, "compile_s": compile_s,
         "backend": jax.default_backend(), "device": str(jax.devices()[0]),
         "jax": jax.__version__, "python": platform.python_version(),
-        "vector": sorted(f for f in cpu_features() if f.startswith(("avx", "amx", "fma", "sse4"))),
+        "vector": vector_extensions(),
     }
     print(f"jrnn {result['shape']} unroll {a.unroll} output {result['output_precision']} "
           f"on {result['cores']} core(s): {tok_s / 1e3:.1f}k tok/s, "

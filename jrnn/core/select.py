@@ -37,6 +37,7 @@ __all__ = [
     "PRECISIONS",
     "PrecisionChoice",
     "cpu_features",
+    "vector_extensions",
     "BF16_MIN_OUTPUT_WEIGHTS",
     "output_matmul_dtype",
 ]
@@ -206,6 +207,20 @@ def cpu_features() -> frozenset:
     except OSError:
         pass
     return frozenset()
+
+
+def vector_extensions(features: Optional[frozenset] = None) -> list:
+    """The vector-instruction flags among :func:`cpu_features` (AVX*, AMX*, FMA, SSE4*), sorted.
+
+    What every CPU timing records next to the CPU model: the speed of the
+    step depends on them (``benchmarks/RESULTS.md``).
+
+    Example:
+      >>> vector_extensions(frozenset({"avx2", "fma", "sse2", "amx_bf16"}))
+      ['amx_bf16', 'avx2', 'fma']
+    """
+    features = cpu_features() if features is None else features
+    return sorted(f for f in features if f.startswith(("avx", "amx", "fma", "sse4")))
 
 
 # The smallest output layer (inputs x vocabulary) for which bfloat16 was measured to pay.
