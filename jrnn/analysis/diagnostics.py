@@ -239,12 +239,13 @@ def lm_grad_flow(model, params, inputs: Array, targets: Array) -> GradFlow:
       target -- and ``inputs: float[T]``, ``||dL/de_t||`` for the summed
       cross-entropy, where ``e_t`` is the embedding fed in at step ``t``.
     """
-    _lm_cells(model)  # an RNN LM, or a TypeError
+    cells = _lm_cells(model)  # an RNN LM, or a TypeError
     inputs, targets = _check_lm_tokens(model, inputs, targets)
     B, T = inputs.shape
-    L, H = model.config.num_layers, model.config.hidden_size
     dtype = params["embed"].dtype
-    eps0 = [jnp.zeros((T, B, H), dtype) for _ in range(L)]
+    # One probe per layer, as wide as that layer's hidden state h: the cell's
+    # hidden_size (proj_size for an LSTM with projections), not config.hidden_size.
+    eps0 = [jnp.zeros((T, B, cell.hidden_size), dtype) for cell in cells]
 
     def flows(params, inputs, targets):
         def losses(eps, xs):

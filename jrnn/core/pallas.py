@@ -21,9 +21,13 @@ run the time loop *inside* one ``pallas_call`` (Triton on NVIDIA GPUs):
 must be) has to fit in :data:`ON_CHIP_BYTES`, each gate block of it in
 :data:`BLOCK_BYTES` (measured); a larger ``W_h`` (e.g.
 Zaremba-small's 200 x 800 in float32) falls back to the scan with the
-hand-written backward pass, and so do sequences with ``lengths``.
-:func:`supported` says which, and ``jrnn.unroll(..., method="pallas")``
-reports the fallback instead of hiding it (``pallas_fallback_reason``).
+hand-written backward pass, and so do sequences with ``lengths`` and Elman
+cells whose activation is not one of the named :data:`ACTIVATIONS` (a
+callable such as ``jnp.sin``: the kernels have each activation's derivative
+written from its output, and no other).  :func:`fallback_reason` says which
+(a :class:`FallbackReason`: the message, with its :class:`Fallback` kind),
+and ``jrnn.unroll(..., method="pallas")`` reports the fallback instead of
+hiding it.
 
 ``bf16=True`` feeds the matmuls bfloat16 operands (``W_h`` and ``h``) with
 float32 accumulation and float32 state, halving ``W_h``'s on-chip size.
@@ -49,12 +53,12 @@ Example (interpret mode on a CPU):
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
@@ -64,7 +68,8 @@ from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 
 Array = jax.Array
 
-__all__ = ["ON_CHIP_BYTES", "BLOCK_BYTES", "BLOCK_B", "supported", "fallback_reason", "sequence", "compiled_for_gpu"]
+__all__ = ["ON_CHIP_BYTES", "BLOCK_BYTES", "BLOCK_B", "Fallback", "FallbackReason", "supported",
+           "fallback_reason", "sequence", "compiled_for_gpu"]
 
 # W_h is held on chip for the whole sequence.  An H100/H200 SM has 228 KiB of shared
 # memory and 256 KiB of registers; Triton stages a dot's operands through shared
@@ -81,41 +86,92 @@ BLOCK_B = 16
 NUM_WARPS = 4
 
 _GATES = {"lstm": 4, "gru": 3, "elman": 1, "linear": 1}
+# The kinds whose kernel applies ``ACTIVATIONS[cell.activation]`` (the others' gates are fixed).
+_ACTIVATED = ("elman", "linear")
 
 
 def _pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def fallback_reason(cell: Cell, *, lengths: bool = False, bf16: bool = False) -> Optional[str]:
-    """Why ``cell`` cannot run in a Pallas kernel, or ``None`` when it can.
+class Fallback(enum.Enum):
+    """Why a cell runs with the scan instead of a kernel (``FallbackReason.kind``)."""
+
+    CELL_KIND = "cell kind"  # no kernel for this kind of cell
+    PROJECTION = "projection"  # the LSTM with projections (proj_size)
+    STEP_CHANGED = "step changed"  # e.g. remat: the step is no longer the cell's own
+    ACTIVATION = "activation"  # not one of the named ACTIVATIONS the Elman kernel has
+    LENGTHS = "lengths"  # variable-length sequences are not masked in the kernel
+    ON_CHIP = "on-chip budget"  # W_h too large for a GPU's chip (interpret mode has no limit)
+
+
+class FallbackReason(str):
+    """A fallback's human-readable message (a ``str``, printed and compared as before)
+    and its :class:`Fallback` ``kind``, which code branches on instead of the text.
 
     Example:
       >>> import jrnn
+      >>> from jrnn.core import pallas
+      >>> reason = pallas.fallback_reason(jrnn.gru(8), lengths=True)
+      >>> reason.kind, str(reason)
+      (<Fallback.LENGTHS: 'lengths'>, 'sequences with lengths are not masked in the kernel')
+    """
+
+    kind: Fallback
+
+    def __new__(cls, kind: Fallback, message: str) -> "FallbackReason":
+        self = super().__new__(cls, message)
+        self.kind = Fallback(kind)
+        return self
+
+    def __reduce__(self):
+        return FallbackReason, (self.kind, str(self))
+
+
+def fallback_reason(cell: Cell, *, lengths: bool = False,
+                    bf16: bool = False) -> Optional[FallbackReason]:
+    """Why ``cell`` cannot run in a Pallas kernel, or ``None`` when it can.
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn
       >>> from jrnn.core import pallas
       >>> pallas.fallback_reason(jrnn.elman(64)) is None
       True
       >>> pallas.fallback_reason(jrnn.lstm(200))
       'W_h of 256 x 1024 float32 (padded) is 1024 KiB, over the 96 KiB on-chip budget'
+      >>> pallas.fallback_reason(jrnn.elman(64, activation=jnp.sin)).kind
+      <Fallback.ACTIVATION: 'activation'>
     """
     if cell.kind not in _GATES:
-        return f"no Pallas kernel for {cell.kind!r} cells"
+        return FallbackReason(Fallback.CELL_KIND, f"no Pallas kernel for {cell.kind!r} cells")
     if cell.cell_size is not None:
-        return "no Pallas kernel for the projected LSTM (proj_size)"
+        return FallbackReason(Fallback.PROJECTION,
+                              "no Pallas kernel for the projected LSTM (proj_size)")
     if cell.sequence_step is not cell.step:
-        return "the cell's step was changed (e.g. remat)"
+        return FallbackReason(Fallback.STEP_CHANGED, "the cell's step was changed (e.g. remat)")
+    if cell.kind in _ACTIVATED and cell.activation not in ACTIVATIONS:
+        what = "a callable" if cell.activation is None else repr(cell.activation)
+        return FallbackReason(
+            Fallback.ACTIVATION,
+            f"the activation is {what}; the kernel has only the named activations "
+            f"{', '.join(ACTIVATIONS)}")
     if lengths:
-        return "sequences with lengths are not masked in the kernel"
+        return FallbackReason(Fallback.LENGTHS,
+                              "sequences with lengths are not masked in the kernel")
     Hp = _pow2(gate_size(cell))
     G = _GATES[cell.kind]
     block = Hp * Hp * (2 if bf16 else 4)
     dtype = "bfloat16" if bf16 else "float32"
     if G * block > ON_CHIP_BYTES:
-        return (f"W_h of {Hp} x {G * Hp} {dtype} (padded) is {G * block // 1024} KiB, over the "
-                f"{ON_CHIP_BYTES // 1024} KiB on-chip budget")
+        return FallbackReason(
+            Fallback.ON_CHIP,
+            f"W_h of {Hp} x {G * Hp} {dtype} (padded) is {G * block // 1024} KiB, over the "
+            f"{ON_CHIP_BYTES // 1024} KiB on-chip budget")
     if block > BLOCK_BYTES:
-        return (f"each {Hp} x {Hp} {dtype} gate block of W_h is {block // 1024} KiB, over the "
-                f"{BLOCK_BYTES // 1024} KiB per-block on-chip budget")
+        return FallbackReason(
+            Fallback.ON_CHIP,
+            f"each {Hp} x {Hp} {dtype} gate block of W_h is {block // 1024} KiB, over the "
+            f"{BLOCK_BYTES // 1024} KiB per-block on-chip budget")
     return None
 
 
@@ -551,10 +607,11 @@ def sequence(cell: Cell, *, bf16: bool = False, interpret: Optional[bool] = None
     kernels on a GPU and interpret mode elsewhere.
 
     Raises:
-      ValueError: the cell has no kernel here (:func:`fallback_reason` says why).
+      ValueError: the cell has no kernel here (:func:`fallback_reason` says why;
+        interpret mode runs cells over the on-chip budget, a GPU's limit).
     """
     reason = fallback_reason(cell, bf16=bf16)
-    if reason is not None and not (_interpret(interpret) and "on-chip" in reason):
+    if reason is not None and not (_interpret(interpret) and reason.kind is Fallback.ON_CHIP):
         raise ValueError(f"no Pallas kernel for this cell: {reason}")
     H = gate_size(cell)
 
@@ -571,8 +628,8 @@ def sequence(cell: Cell, *, bf16: bool = False, interpret: Optional[bool] = None
         if cell.kind == "gru":
             fn = _gru_run(H, bool(reverse), bf16, mode)
             return fn(params["W_h"], params["b_h"], xs_proj, carry)
-        act = cell.activation or "identity"
-        fn = _elman_run(H, act, bool(reverse), bf16, mode)
+        # A named activation, checked by fallback_reason: never a stand-in for a callable.
+        fn = _elman_run(H, cell.activation, bool(reverse), bf16, mode)
         return fn(params["W_h"], xs_proj, carry)
 
     return run
