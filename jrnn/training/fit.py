@@ -1,7 +1,7 @@
 """The training loop as a library function: :func:`fit`.
 
-``jrnn train`` is argument parsing and printing over this function; a JAX
-user calls it directly::
+``jrnn train`` is argument parsing and printing over this function.  A JAX
+user calls it with a configuration that builds the model and the optimizer::
 
     from jrnn.data import builtin_corpus
     from jrnn.training.config import DEFAULT
@@ -10,7 +10,16 @@ user calls it directly::
     result = fit(DEFAULT.replace(epochs=1), builtin_corpus(), "runs/demo")
     print(result.test_ppl, result.best_path)
 
-What it guarantees:
+or with their own model and optimizer (anything with the
+:class:`jrnn.LanguageModel` interface, any ``optax.GradientTransformation``,
+schedules included); the configuration then only says how to feed it
+(``epochs``, ``batch_size``, ``bptt``, ``seed``, ``clip``)::
+
+    model = jrnn.rnn_lm(len(corpus.vocab), cell=my_cell, embed_size=64)
+    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 50, 1000))
+    result = fit(TrainConfig(epochs=2), corpus, "runs/mine", model=model, optimizer=opt)
+
+What it guarantees, for either way in:
 
 * **No run is lost.**  ``out=None`` makes a new run directory (``runs/<n>``)
   and points ``runs/latest`` at it; an ``out`` that already holds a run is
@@ -21,16 +30,25 @@ What it guarantees:
   window and the parameters whose gradient broke; nothing non-finite is ever
   saved and the last good checkpoint stays), or is skipped and counted
   (``"skip"``).  An epoch with no counted window reports no perplexity.
-* **Resume is exact.**  The checkpoint holds the config, the carry and the
-  epoch's running sums, so an interrupted and resumed run ends with the same
-  parameters, optimizer state and perplexities as the uninterrupted one.
+* **Resume is exact.**  The checkpoint holds the config, the optimizer
+  state, the carry and the epoch's running sums, so an interrupted and
+  resumed run ends with the same parameters, optimizer state and
+  perplexities as the uninterrupted one.
 * **Bad input fails before the first step**: every split is checked against
   the shapes it will be used with, and a model that would not fit in memory
   is refused with the size it needs.
+
+The parts, each small enough to read on its own: :mod:`jrnn.training.rundir`
+(the run directory and its writes), :class:`Plan` (what is trained: the
+model, the optimizer, the per-epoch learning rate), :class:`Progress` (where
+the run is: what a checkpoint stores), :class:`_Epochs` (one epoch of
+windows with its stops and saves) and :func:`fit`, which strings them
+together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,23 +59,27 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
+import optax
 
-from jrnn.data import Corpus, Vocabulary, batchify
+from jrnn.data import Corpus, Vocabulary, batchify, num_windows
 from jrnn.models.lm import LanguageModel, nnlm, rnn_lm
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed, runs
-from jrnn.training.config import ConfigError, TrainConfig
+from jrnn.training.config import DEFAULT, ConfigError, TrainConfig
 from jrnn.training.loop import (
     evaluate,
+    get_learning_rate,
     make_optimizer,
     set_learning_rate,
     train_epoch,
     train_epoch_fused,
     zaremba_lr,
 )
+from jrnn.training.rundir import RunDir, RunDirError, Writer, open_run_dir
 from jrnn.training.step import (
     TrainState,
     init_train_state,
+    leaf_names,
     make_eval_step,
     make_train_epoch,
     make_train_step,
@@ -69,7 +91,9 @@ __all__ = [
     "FitError",
     "NonFiniteError",
     "Callbacks",
+    "Plan",
     "build_model",
+    "build_plan",
     "resume_config",
     "estimate_bytes",
     "load_for_inference",
@@ -122,6 +146,25 @@ class FitResult(NamedTuple):
     wall_seconds: float
 
 
+class Plan(NamedTuple):
+    """What a run trains: the model, the optimizer, and how its learning rate moves.
+
+    ``epoch_lr(epoch) -> lr`` (epochs count from 0) sets the learning rate an
+    ``optax.inject_hyperparams`` optimizer keeps in its state at the start of
+    each epoch (the configuration's Zaremba schedule); ``None`` leaves the
+    optimizer alone (an optax schedule inside it moves the rate per step).
+    ``given`` names what came from Python rather than from the configuration
+    (``"model"``, ``"optimizer"``): a checkpoint cannot rebuild those, so a
+    resume must pass them again.
+    """
+
+    config: TrainConfig
+    model: LanguageModel
+    optimizer: optax.GradientTransformation
+    epoch_lr: Optional[Callable[[int], float]] = None
+    given: tuple = ()
+
+
 def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
     """The language model a config describes."""
     if config.cell == "nnlm":
@@ -140,6 +183,41 @@ def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
                   output_precision=config.output_precision)
 
 
+def build_plan(config: TrainConfig, vocab_size: int, *, model: Optional[LanguageModel] = None,
+               optimizer: Optional[optax.GradientTransformation] = None) -> Plan:
+    """The :class:`Plan` of a run: ``model`` and ``optimizer`` if given, else what ``config`` builds.
+
+    A model built here uses the configuration's model fields; an optimizer
+    built here is ``config.optimizer`` at ``config.lr`` with Zaremba et al.'s
+    per-epoch decay (``lr_decay``, ``decay_start``).
+
+    Example:
+      >>> import optax
+      >>> plan = build_plan(DEFAULT, 30, optimizer=optax.sgd(0.1))
+      >>> plan.given, plan.epoch_lr is None, plan.model.config.vocab_size
+      (('optimizer',), True, 30)
+    """
+    if model is not None and not (callable(getattr(model, "init", None))
+                                  and callable(getattr(model, "apply", None))
+                                  and callable(getattr(model, "initial_carry", None))):
+        raise FitError(f"model must have the jrnn.LanguageModel interface (init, apply, "
+                       f"initial_carry, config), got {type(model).__name__}")
+    if model is not None and getattr(getattr(model, "config", None), "vocab_size", None) != vocab_size:
+        raise FitError(f"the model's vocab_size ({getattr(getattr(model, 'config', None), 'vocab_size', None)}) "
+                       f"is not the corpus vocabulary's ({vocab_size})")
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise FitError(f"optimizer must be an optax.GradientTransformation, "
+                       f"got {type(optimizer).__name__}")
+    given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
+    epoch_lr = None
+    if optimizer is None:
+        optimizer = make_optimizer(config.optimizer, config.lr)
+        epoch_lr = lambda epoch: zaremba_lr(config.lr, config.lr_decay, config.decay_start, epoch)
+    if model is None:
+        model = build_model(config, vocab_size)
+    return Plan(config, model, optimizer, epoch_lr, given)
+
+
 def load_for_inference(path: str):
     """``(model, params, vocab, meta)`` from a checkpoint file, a run directory, or a folder
     with a ``latest`` pointer.  Only the parameters are read (no optimizer is built); a
@@ -147,6 +225,9 @@ def load_for_inference(path: str):
     :class:`~jrnn.training.checkpoint.CheckpointError`."""
     path = runs.resolve_run(path)
     meta, raw = ckpt.load_raw(path)
+    if "model" in meta.get("given", ()):
+        raise ckpt.CheckpointError(f"{path}: its model was given in Python, so only that code can "
+                                   "rebuild it; load the parameters with jrnn.training.checkpoint")
     try:
         vocab = Vocabulary.from_dict(meta["vocab"])
         config = TrainConfig.from_dict(meta["config"] if "config" in meta else meta["settings"])
@@ -158,7 +239,7 @@ def load_for_inference(path: str):
     if "params" not in raw:
         raise ckpt.CheckpointError(f"{path}: holds no parameters")
     params = ckpt.restore_into(model.init(jax.random.PRNGKey(0)), raw["params"], path)
-    bad = [n for n, x in zip(_leaf_names(params), jax.tree_util.tree_leaves(params))
+    bad = [n for n, x in zip(leaf_names(params), jax.tree_util.tree_leaves(params))
            if not np.all(np.isfinite(np.asarray(x)))]
     if bad:
         raise ckpt.CheckpointError(f"{path}: parameters {', '.join(bad[:3])} hold NaN or infinite "
@@ -185,27 +266,27 @@ def resume_config(saved: TrainConfig, overrides: dict) -> tuple[TrainConfig, lis
     return saved.replace(epochs=epochs), notes
 
 
-def _param_count(config: TrainConfig, V: int) -> int:
-    E, H, L = config.embed_size, config.hidden_size, config.layers
-    if config.cell == "nnlm":
-        return V * E + config.context_size * E * H + H + H * V + V
-    G = {"lstm": 4, "gru": 3}.get(config.cell, 1)
-    P = config.proj_size or H  # what each layer outputs (LSTMP: W_h reads P, W_hr is H x P)
-    layers = sum((E if i == 0 else P) * G * H + P * G * H + 2 * G * H
-                 + (H * P if config.proj_size else 0) for i in range(L))
-    return V * E + layers + (0 if config.tie else P * V) + V
+def _size(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _plan_bytes(plan: Plan, batch_size: int, bptt: int) -> int:
+    """About how much memory training ``plan`` needs (float32): parameters and gradients,
+    the optimizer state (both sized by ``jax.eval_shape``), one window's activations."""
+    params = jax.eval_shape(plan.model.init, jax.random.PRNGKey(0))
+    n_params, n_opt = _size(params), _size(jax.eval_shape(plan.optimizer.init, params))
+    V = plan.model.config.vocab_size
+    widths = [(c.num_gates + 2) * (c.cell_size or c.hidden_size) for c in getattr(plan.model, "cells", ())]
+    embed = params["embed"].shape[-1] if isinstance(params, dict) and "embed" in params else 0
+    activations = batch_size * bptt * (sum(widths) + embed) * 2
+    logits = min(batch_size * bptt, max(1, 1_500_000 // max(V, 1))) * V * 3
+    return 4 * (2 * n_params + n_opt + activations + logits)
 
 
 def estimate_bytes(config: TrainConfig, vocab_size: int) -> int:
     """About how much memory training ``config`` needs: parameters, gradients,
     optimizer state and one window's activations (float32)."""
-    P = _param_count(config, vocab_size)
-    moments = {"sgd": 0, "adam": 2, "adamw": 2}[config.optimizer]
-    B, T, H = config.batch_size, config.bptt, config.hidden_size
-    G = {"lstm": 4, "gru": 3}.get(config.cell, 1)
-    activations = B * T * (config.layers * (G + 2) * H + config.embed_size) * 2
-    logits = min(B * T, max(1, 1_500_000 // max(vocab_size, 1))) * vocab_size * 3
-    return 4 * (P * (2 + moments) + activations + logits)
+    return _plan_bytes(build_plan(config, vocab_size), config.batch_size, config.bptt)
 
 
 def _available_bytes() -> Optional[int]:
@@ -219,8 +300,9 @@ def _available_bytes() -> Optional[int]:
         return None
 
 
-def _check_memory(config: TrainConfig, vocab_size: int) -> None:
-    need, have = estimate_bytes(config, vocab_size), _available_bytes()
+def _check_memory(plan: Plan) -> None:
+    need = _plan_bytes(plan, plan.config.batch_size, plan.config.bptt)
+    have = _available_bytes()
     if have is not None and need > 0.9 * have:
         raise FitError(f"this model needs about {need / 2**30:.1f} GiB to train (parameters, "
                        f"gradients, optimizer state, activations) but {have / 2**30:.1f} GiB are "
@@ -241,36 +323,293 @@ def _check_splits(config: TrainConfig, corpus: Corpus) -> np.ndarray:
     return batchify(corpus.train, config.batch_size)
 
 
-def _leaf_names(tree) -> list[str]:
-    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+@dataclasses.dataclass
+class Progress:
+    """Where a run is: what its checkpoints hold besides the training state.
+
+    ``epoch`` epochs are finished and ``window`` windows of the next one are
+    trained (non-zero only mid-epoch); ``carry`` and ``totals`` (the epoch's
+    running sums ``(nll, tokens, non-finite windows, max gradient norm)``)
+    continue that epoch exactly.
+    """
+
+    epoch: int = 0
+    window: int = 0
+    best: float = math.inf
+    history: list = dataclasses.field(default_factory=list)
+    skipped: int = 0
+    carry: Any = None
+    totals: Optional[tuple] = None
+
+    @classmethod
+    def from_checkpoint(cls, meta: dict, carry_template: Any, path: str) -> "Progress":
+        window = meta.get("window", 0)
+        return cls(meta["epoch"], window, meta.get("best_valid_ppl") or math.inf,
+                   meta.get("history", []), meta.get("skipped_windows", 0),
+                   ckpt.load_carry(meta, carry_template, path) if window else None,
+                   tuple(meta["epoch_totals"]) if window else None)
+
+    def best_or_none(self) -> Optional[float]:
+        return self.best if math.isfinite(self.best) else None
+
+    def meta(self, header: dict, epoch: int, window: int, totals: Optional[tuple] = None) -> dict:
+        """A checkpoint's header: the run's ``header`` and where it stands."""
+        m = {**header, "epoch": epoch, "window": window, "best_valid_ppl": self.best_or_none(),
+             "history": self.history, "skipped_windows": self.skipped}
+        if totals is not None:
+            m["epoch_totals"] = list(totals)
+        return m
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+class _StopRequests:
+    """SIGINT and SIGTERM set a flag (the window in flight finishes; the run saves and returns)."""
+
+    def __init__(self, handle_signals: bool):
+        self.event = threading.Event()
+        self.install = handle_signals and threading.current_thread() is threading.main_thread()
+        self.old = {}
+
+    def __enter__(self) -> threading.Event:
+        if self.install:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, lambda signum, frame: self.event.set())
+        return self.event
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
-def _prepare_dir(out: Optional[str], runs_root: str, resume: bool, overwrite: bool) -> str:
-    if resume:
-        run_dir = runs.resolve_run(out if out is not None else runs_root)
-        if not os.path.exists(os.path.join(run_dir, "last.ckpt")):
-            raise FitError(f"{run_dir}: no run to resume here (no last.ckpt)")
-        return run_dir
-    if out is None:
-        run_dir = runs.new_run_dir(runs_root)
-        runs.write_latest(runs_root, run_dir)
-        return run_dir
-    if runs.holds_run(out):
-        if not overwrite:
-            raise FitError(f"{out} already holds a run; continue it with --resume, replace it with "
-                           "--overwrite, or leave out --out for a new run directory")
-        for f in runs.RUN_FILES:
-            if os.path.exists(os.path.join(out, f)):
-                os.unlink(os.path.join(out, f))
-    os.makedirs(out, exist_ok=True)
-    return out
+class _Steps(NamedTuple):
+    """The compiled functions a run calls, and the rows of the batch this process feeds."""
+
+    train: Callable
+    epoch: Optional[Callable]  # fused_epoch: a whole epoch in one call
+    eval: Callable
+    mesh: Any  # a device mesh when the batch is split over devices, else None
+    rows: Optional[slice]
+
+
+def _make_steps(plan: Plan, *, data_parallel: bool, fused_epoch: bool) -> _Steps:
+    clip = plan.config.clip or None
+    if not data_parallel:
+        epoch_fn = (make_train_epoch(plan.model, plan.optimizer, clip_norm=clip,
+                                     skip_nonfinite=True) if fused_epoch else None)
+        return _Steps(make_train_step(plan.model, plan.optimizer, clip_norm=clip,
+                                      skip_nonfinite=True),
+                      epoch_fn, make_eval_step(plan.model), None, None)
+    if fused_epoch:
+        raise FitError("fused_epoch and data_parallel cannot be combined yet; drop one")
+    mesh = distributed.make_mesh()
+    if plan.config.batch_size % mesh.size:
+        raise FitError(f"batch size {plan.config.batch_size} does not split over {mesh.size} "
+                       f"devices; use a multiple of {mesh.size}")
+    step = distributed.make_sharded_train_step(plan.model, plan.optimizer, mesh=mesh,
+                                               clip_norm=clip, skip_nonfinite=True)
+    # Each process feeds its own rows of every window; the step assembles the global batch.
+    return _Steps(step, None, make_eval_step(plan.model), mesh,
+                  distributed.process_rows(plan.config.batch_size, mesh))
+
+
+class _Epochs:
+    """Trains a run epoch by epoch: its windows, mid-epoch saves, agreed stops, evaluation.
+
+    Every process of a group runs the same calls in the same order; a signal
+    or a clock reaches each process on its own, so they act on them together
+    (``distributed.any_process``).
+    """
+
+    def __init__(self, plan: Plan, steps: _Steps, corpus: Corpus, streams: np.ndarray,
+                 progress: Progress, writer: Writer, header: dict, *, skip: bool,
+                 max_windows: Optional[int], save_every: float, stop: threading.Event,
+                 callbacks: Callbacks, names: list):
+        self.plan, self.steps, self.corpus, self.streams = plan, steps, corpus, streams
+        self.progress, self.writer, self.header = progress, writer, header
+        self.skip, self.max_windows, self.save_every, self.stop = skip, max_windows, save_every, stop
+        self.callbacks, self.names = callbacks, names
+        self.eval_batch = min(EVAL_BATCH, plan.config.batch_size)
+        self.best_params = None  # several processes: the best parameters, kept in memory
+        self.halted = False  # a stop agreed by every process
+        self.last_save = time.perf_counter()  # when last.ckpt was last written
+        self.running = progress.totals  # the running sums after the latest window
+
+    @property
+    def last(self) -> str:
+        return self.writer.run_dir.last
+
+    def _host_params(self, state):  # evaluation runs in each process on its own device
+        return distributed.to_host(state.params) if self.writer.multi else state.params
+
+    def nonfinite(self, epoch: int, window: int, m: dict, step_no: int) -> NonFiniteError:
+        flags = np.asarray(m.get("finite_leaves", []), bool)
+        broke = tuple(n for n, ok in zip(self.names, flags) if not ok)
+        loss_ok = math.isfinite(float(m["loss"]))
+        what = ([] if loss_ok else ["the loss"]) + (
+            [f"the gradient of {', '.join(broke)}"] if broke else [])
+        keep = (f"the last good checkpoint is {self.last}" if os.path.exists(self.last)
+                else "no checkpoint was written")
+        return NonFiniteError(
+            f"non-finite {' and '.join(what) or 'values'} at step {step_no} (epoch {epoch + 1}, "
+            f"window {window + 1}); stopped without saving it, {keep}",
+            step=step_no, epoch=epoch, window=window, parameters=broke)
+
+    def _window_done(self, epoch, i, state, carry, m, running) -> bool:
+        """After window ``i``: stop on a non-finite value, an agreed signal, or max_windows;
+        save ``last.ckpt`` when ``save_every`` seconds have passed.  True ends the epoch."""
+        p = self.progress
+        self.running = running
+        if not m["finite"]:  # the loss is global: every process sees the same
+            if not self.skip:
+                raise self.nonfinite(epoch, i, m, int(state.step) + 1)
+            p.skipped += 1
+        self.halted, due = distributed.any_process(
+            self.stop.is_set(), time.perf_counter() - self.last_save > self.save_every)
+        if self.halted:
+            return True
+        if self.max_windows is not None and i + 1 >= p.window + self.max_windows:
+            return True
+        if due:
+            self.writer.save(self.last, state, p.meta(self.header, epoch, i + 1, running),
+                             carry=carry)
+            self.last_save = time.perf_counter()
+        return False
+
+    def train(self, epoch: int, state: TrainState) -> tuple[TrainState, Any, bool]:
+        """One epoch's windows: ``(state, stats, interrupted)``; an interrupted epoch is saved."""
+        p, cfg = self.progress, self.plan.config
+        if self.plan.epoch_lr is not None:
+            state = set_learning_rate(state, self.plan.epoch_lr(epoch))
+        self.last_save, self.running = time.perf_counter(), p.totals
+        if self.steps.epoch is not None and p.window == 0:
+            step_before = int(state.step)
+            state, stats, first_bad = train_epoch_fused(self.steps.epoch, self.steps.train,
+                                                        self.plan.model, state, self.streams,
+                                                        cfg.bptt)
+            if first_bad is not None:
+                if not self.skip:
+                    window, m = first_bad
+                    raise self.nonfinite(epoch, window, m, step_before + window + 1)
+                p.skipped += stats.nonfinite_windows
+            return state, stats, False
+        on_window = None
+        if self.callbacks.on_window is not None:
+            on_window = lambda i, n, m, tok_s: self.callbacks.on_window(epoch, i, n, m, tok_s)
+        state, stats, next_window, carry = train_epoch(
+            self.steps.train, self.plan.model, state, self.streams, cfg.bptt,
+            start_window=p.window, carry=p.carry, totals=p.totals, on_window=on_window,
+            should_stop=lambda i, st, c, m, running: self._window_done(epoch, i, st, c, m, running))
+        if self.halted and next_window < num_windows(self.streams, cfg.bptt):
+            p.window = next_window
+            self.writer.save(self.last, state, p.meta(self.header, epoch, next_window, self.running),
+                             carry=carry)
+            return state, stats, True
+        p.window, p.carry, p.totals = 0, None, None
+        return state, stats, False
+
+    def finish(self, epoch: int, state: TrainState, stats) -> bool:
+        """Evaluate, record and save the epoch; True when a stop was asked for meanwhile."""
+        p = self.progress
+        valid_ppl, _ = evaluate(self.plan.model, self._host_params(state), self.corpus.valid,
+                                eval_step=self.steps.eval, batch_size=self.eval_batch,
+                                bptt=self.plan.config.bptt)
+        improved = math.isfinite(valid_ppl) and valid_ppl < p.best
+        if improved:
+            p.best = valid_ppl
+        record = {"epoch": epoch + 1, "lr": _learning_rate(state), "train_ppl": stats.perplexity,
+                  "valid_ppl": valid_ppl if math.isfinite(valid_ppl) else None,
+                  "improved": improved, "train_tokens": stats.tokens,
+                  "tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
+                  "seconds": stats.seconds, "nonfinite_windows": stats.nonfinite_windows}
+        p.history.append(record)
+        p.epoch = epoch + 1
+        if improved:
+            self.writer.save(self.writer.run_dir.best, state, p.meta(self.header, epoch + 1, 0))
+            if self.writer.multi:
+                self.best_params = self._host_params(state)
+        self.writer.save(self.last, state, p.meta(self.header, epoch + 1, 0))
+        if self.callbacks.on_epoch is not None:
+            self.callbacks.on_epoch(dict(record))
+        self.halted = distributed.any_process(self.stop.is_set())[0]
+        return self.halted
+
+    def test(self, state: TrainState, say: Callable[[str], None]) -> tuple[float, int]:
+        """Test perplexity of the best parameters (the last ones if none was best)."""
+        best = self.writer.run_dir.existing_best()
+        if self.best_params is not None:
+            params = self.best_params
+        elif best is not None:
+            _, raw = ckpt.load_raw(best)
+            params = ckpt.restore_into(state, raw, best).params
+        else:
+            say("no epoch gave a finite validation perplexity: testing the last state")
+            params = self._host_params(state)
+        return evaluate(self.plan.model, params, self.corpus.test, eval_step=self.steps.eval,
+                        batch_size=self.eval_batch, bptt=self.plan.config.bptt)
+
+
+def _learning_rate(state: TrainState) -> Optional[float]:
+    """The learning rate an ``inject_hyperparams`` optimizer holds, else ``None``."""
+    try:
+        return get_learning_rate(state)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _start_info(plan: Plan, run_dir: RunDir, corpus: Corpus, state: TrainState,
+                steps: _Steps) -> dict:
+    """What ``Callbacks.on_start`` receives."""
+    return {
+        "run_dir": run_dir.path, "vocab_size": len(corpus.vocab),
+        "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid),
+        "test_tokens": len(corpus.test), "params": _size(state.params),
+        "backend": jax.default_backend(),
+        "devices": steps.mesh.size if steps.mesh is not None else 1,
+        "data_parallel": steps.mesh is not None, "processes": jax.process_count(),
+        "config": plan.config, "given": plan.given,
+        "output_precision": getattr(plan.model.config, "output_precision", "float32"),
+    }
+
+
+def _check_options(on_nonfinite, max_windows, save_every) -> None:
+    if on_nonfinite not in ("stop", "skip"):
+        raise FitError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows <= 0):
+        raise FitError(f"max_windows must be a positive int, got {max_windows!r}")
+    if not (isinstance(save_every, (int, float)) and save_every >= 0 and not math.isnan(save_every)):
+        raise FitError(f"save_every must be a number of seconds >= 0 (0: after every window), "
+                       f"got {save_every!r}")
+
+
+def _read_resume(run_dir: RunDir, corpus: Corpus, overrides: Optional[dict], given: tuple,
+                 say: Callable[[str], None]):
+    """``(config, (meta, raw))`` of the run to resume, or a finished run's :class:`FitResult`."""
+    meta, raw = ckpt.load_raw(run_dir.last)
+    if meta.get("format") != ckpt.FORMAT or "config" not in meta:
+        raise FitError(f"{run_dir.last}: written by jrnn 0.1 ({meta.get('format')}); it can be "
+                       "evaluated and scored, but not resumed")
+    missing = [name for name in meta.get("given", ()) if name not in given]
+    if missing:
+        raise FitError(f"{run_dir.last}: this run's {' and '.join(missing)} came from Python; "
+                       f"pass the same {', '.join(m + '=' for m in missing)} to resume it")
+    try:
+        config, notes = resume_config(TrainConfig.from_dict(meta["config"]), overrides or {})
+    except ConfigError as e:
+        raise FitError(f"{run_dir.last}: its saved configuration is invalid ({e})") from None
+    if meta["vocab"] != corpus.vocab.to_dict():
+        raise FitError(f"{run_dir.last}: saved with another vocabulary than the data gives")
+    for note in notes:
+        say(note)
+    if meta["epoch"] >= config.epochs and meta.get("window", 0) == 0 \
+            and os.path.exists(run_dir.summary):
+        with open(run_dir.summary) as f:
+            summary = json.load(f)
+        say(f"{run_dir.path}: the run is complete ({meta['epoch']} epochs); nothing to do")
+        return config, None, FitResult(
+            run_dir.path, None, summary.get("history", []), run_dir.existing_best(), run_dir.last,
+            summary.get("best_valid_ppl"), summary.get("test_ppl"), True,
+            summary.get("skipped_windows", 0), 0.0)
+    return config, (meta, raw), None
 
 
 def fit(
@@ -278,6 +617,8 @@ def fit(
     corpus: Corpus,
     out: Optional[str] = None,
     *,
+    model: Optional[LanguageModel] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
     runs_root: str = "runs",
     data_info: Optional[dict] = None,
     resume: bool = False,
@@ -294,15 +635,23 @@ def fit(
     """Train a language model on ``corpus`` and keep its run in a directory.
 
     Args:
-      config: the run (:class:`~jrnn.training.config.TrainConfig`); with
-        ``resume`` it may be ``None`` (the saved one is used) and
-        ``overrides`` may lengthen it (``{"epochs": n}``).
+      config: the run (:class:`~jrnn.training.config.TrainConfig`): it builds
+        the model and the optimizer unless they are given, and always sets
+        ``epochs``, ``batch_size``, ``bptt``, ``seed`` and ``clip``.  ``None``
+        with ``resume`` (the saved one is used; ``overrides`` may lengthen it,
+        ``{"epochs": n}``) or with a ``model`` (``DEFAULT``'s loop settings).
       corpus: a :class:`jrnn.data.Corpus` (vocabulary and three id streams).
       out: the run directory; ``None`` makes ``runs_root/<n>`` and points
         ``runs_root/latest`` at it (with ``resume``: the latest run).
+      model: your own language model (the :class:`jrnn.LanguageModel`
+        interface: ``init``, ``apply``, ``initial_carry``, ``config.vocab_size``;
+        any cells, e.g. ``jrnn.rnn_lm(V, cell=my_cell)``).
+      optimizer: your own ``optax.GradientTransformation``; its schedules run
+        per step, and the configuration's ``lr`` fields are not used.
       data_info: JSON-able facts about the data, stored in the checkpoint
         (the CLI stores the path, level and vocabulary options).
-      resume: continue the run saved in ``out``.
+      resume: continue the run saved in ``out`` (pass the same ``model`` and
+        ``optimizer`` again if the run was started with them).
       overwrite: replace a run already in ``out``.
       on_nonfinite: ``"stop"`` (raise :class:`NonFiniteError` at the first
         non-finite loss or gradient) or ``"skip"`` (drop that update, count it).
@@ -322,262 +671,103 @@ def fit(
       FitError: a run that cannot start (an existing run in ``out``, a split
         too short, a model too large, a resume that changes the config).
       NonFiniteError: with ``on_nonfinite="stop"``.
+
+    Example (your own cell, model and optimizer):
+      >>> import jax.numpy as jnp, optax, tempfile, jrnn
+      >>> from jrnn.data import builtin_corpus
+      >>> corpus = builtin_corpus(2000)
+      >>> cell = jrnn.elman(16, activation=lambda z: jnp.tanh(z) * 0.9)
+      >>> model = jrnn.rnn_lm(len(corpus.vocab), cell=cell, embed_size=16)
+      >>> opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-2, 10, 200))
+      >>> loop = jrnn.TrainConfig(epochs=1, batch_size=8, bptt=10)
+      >>> result = fit(loop, corpus, tempfile.mkdtemp(), model=model, optimizer=opt,
+      ...              max_windows=5)
+      >>> result.complete, result.test_ppl is not None
+      (True, True)
     """
-    if on_nonfinite not in ("stop", "skip"):
-        raise FitError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
-                                    or max_windows <= 0):
-        raise FitError(f"max_windows must be a positive int, got {max_windows!r}")
-    if not (isinstance(save_every, (int, float)) and save_every >= 0 and not math.isnan(save_every)):
-        raise FitError(f"save_every must be a number of seconds >= 0 (0: after every window), "
-                       f"got {save_every!r}")
+    _check_options(on_nonfinite, max_windows, save_every)
     say = callbacks.on_message or (lambda text: None)
     t_start = time.perf_counter()
-    # Several processes (jax.distributed) are one data-parallel run: process 0 decides
-    # the run directory and writes every file; all of them train and evaluate.
-    multi = distributed.is_multiprocess()
-    leader = jax.process_index() == 0
-    if multi:
+    given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
+    if distributed.is_multiprocess():  # several processes are one data-parallel run
         if fused_epoch:
             raise FitError(f"fused_epoch runs an epoch in one call of one process; with "
                            f"{jax.process_count()} processes leave it out")
         data_parallel = True
-        decided = ""
-        if leader:
-            try:
-                decided = "ok:" + _prepare_dir(out, runs_root, resume, overwrite)
-            except (FitError, OSError) as e:
-                decided = "error:" + str(e)
-        kind, _, run_dir = distributed.broadcast_text(decided).partition(":")
-        if kind == "error":
-            raise FitError(run_dir)
-    else:
-        run_dir = _prepare_dir(out, runs_root, resume, overwrite)
-    for stale in runs.remove_stale_temporaries(run_dir) if leader else ():
+    if not resume and config is None:
+        if model is None:
+            raise FitError("fit needs a TrainConfig, a model, or resume=True")
+        config = DEFAULT
+    try:
+        run_dir = open_run_dir(out, runs_root, resume=resume, overwrite=overwrite)
+    except RunDirError as e:
+        raise FitError(str(e)) from None
+    writer = Writer(run_dir)
+    for stale in writer.remove_stale():
         say(f"removed {stale}, left by an interrupted save")
-    last_path, best_path = os.path.join(run_dir, "last.ckpt"), os.path.join(run_dir, "best.ckpt")
-    summary_path = os.path.join(run_dir, "summary.json")
-
     saved = None
     if resume:
-        meta, raw = ckpt.load_raw(last_path)
-        if meta.get("format") != ckpt.FORMAT or "config" not in meta:
-            raise FitError(f"{last_path}: written by jrnn 0.1 ({meta.get('format')}); it can be "
-                           "evaluated and scored, but not resumed")
-        try:
-            config, notes = resume_config(TrainConfig.from_dict(meta["config"]), overrides or {})
-        except ConfigError as e:
-            raise FitError(f"{last_path}: its saved configuration is invalid ({e})") from None
-        if meta["vocab"] != corpus.vocab.to_dict():
-            raise FitError(f"{last_path}: saved with another vocabulary than the data gives")
-        for note in notes:
-            say(note)
-        if meta["epoch"] >= config.epochs and meta.get("window", 0) == 0 \
-                and os.path.exists(summary_path):
-            with open(summary_path) as f:
-                summary = json.load(f)
-            say(f"{run_dir}: the run is complete ({meta['epoch']} epochs); nothing to do")
-            return FitResult(run_dir, None, summary.get("history", []),
-                             best_path if os.path.exists(best_path) else None, last_path,
-                             summary.get("best_valid_ppl"), summary.get("test_ppl"), True,
-                             summary.get("skipped_windows", 0), 0.0)
-        saved = (meta, raw)
-    elif config is None:
-        raise FitError("fit needs a TrainConfig (or resume=True)")
+        config, saved, finished = _read_resume(run_dir, corpus, overrides, given, say)
+        if finished is not None:
+            return finished
 
-    vocab = corpus.vocab
     streams = _check_splits(config, corpus)
-    _check_memory(config, len(vocab))
-    model = build_model(config, len(vocab))
-    optimizer = make_optimizer(config.optimizer, config.lr)
+    plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
+    _check_memory(plan)
     k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = init_train_state(model.init(k_init), optimizer, k_run)
-    names = _leaf_names(state.params)
-    start_epoch, start_window, best, history, carry, totals, skipped = 0, 0, math.inf, [], None, None, 0
+    state = init_train_state(plan.model.init(k_init), plan.optimizer, k_run)
+    progress = Progress()
     if saved is not None:
         meta, raw = saved
-        state = ckpt.restore_into(state, raw, last_path)
-        start_epoch, start_window = meta["epoch"], meta.get("window", 0)
-        best = meta.get("best_valid_ppl") or math.inf
-        history, skipped = meta.get("history", []), meta.get("skipped_windows", 0)
-        if start_window:
-            carry = ckpt.load_carry(meta, model.initial_carry(config.batch_size), last_path)
-            totals = tuple(meta["epoch_totals"])
-        if resume and multi:
+        state = ckpt.restore_into(state, raw, run_dir.last)
+        progress = Progress.from_checkpoint(meta, plan.model.initial_carry(config.batch_size),
+                                            run_dir.last)
+        if writer.multi:
             say("every process read the checkpoint (a run over several hosts needs its run "
                 "directory on a shared filesystem to resume)")
-        say(f"resuming {run_dir}: epoch {start_epoch + 1}, window {start_window}, "
+        say(f"resuming {run_dir.path}: epoch {progress.epoch + 1}, window {progress.window}, "
             f"step {int(state.step)}")
-
-    clip = config.clip or None
-    skip = on_nonfinite == "skip"
-    if data_parallel:
-        if fused_epoch:
-            raise FitError("fused_epoch and data_parallel cannot be combined yet; drop one")
-        mesh = distributed.make_mesh()
-        if config.batch_size % mesh.size:
-            raise FitError(f"batch size {config.batch_size} does not split over {mesh.size} "
-                           f"devices; use a multiple of {mesh.size}")
-        step = distributed.make_sharded_train_step(model, optimizer, mesh=mesh, clip_norm=clip,
-                                                   skip_nonfinite=True)
-        # Each process feeds its own rows of every window; the step assembles the global batch.
-        rows = distributed.process_rows(config.batch_size, mesh)
-        streams = streams[rows]
-        if carry is not None:
-            carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[rows], carry)
-    else:
-        mesh = None
-        step = make_train_step(model, optimizer, clip_norm=clip, skip_nonfinite=True)
-    epoch_fn = (make_train_epoch(model, optimizer, clip_norm=clip, skip_nonfinite=True)
-                if fused_epoch else None)
-    eval_step = make_eval_step(model)
-    eval_batch = min(EVAL_BATCH, config.batch_size)
+    steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
+    if steps.rows is not None:
+        streams = streams[steps.rows]
+        if progress.carry is not None:
+            progress.carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[steps.rows],
+                                                    progress.carry)
     if callbacks.on_start is not None:
-        callbacks.on_start({
-            "run_dir": run_dir, "vocab_size": len(vocab), "train_tokens": len(corpus.train),
-            "valid_tokens": len(corpus.valid), "test_tokens": len(corpus.test),
-            "params": sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(state.params)),
-            "backend": jax.default_backend(), "devices": mesh.size if mesh is not None else 1,
-            "data_parallel": mesh is not None, "processes": jax.process_count(),
-            "config": config,
-            "output_precision": getattr(model.config, "output_precision", "float32"),
-        })
+        callbacks.on_start(_start_info(plan, run_dir, corpus, state, steps))
 
-    def meta_for(epoch, window, totals=None):
-        m = {**(data_info or {}), "config": config.to_dict(), "vocab": vocab.to_dict(),
-             "epoch": epoch, "window": window,
-             "best_valid_ppl": best if math.isfinite(best) else None, "history": history,
-             "skipped_windows": skipped}
-        if totals is not None:
-            m["epoch_totals"] = list(totals)
-        return m
+    header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict()}
+    if given:
+        header["given"] = list(given)
 
-    def save(path, st, meta, carry=None):
-        if multi:  # gather the sharded carry (every process), then write once
-            st, carry = distributed.to_host(st), distributed.to_host(carry)
-        if leader:
-            ckpt.save(path, st, meta, carry=carry)
+    def stopped(state):
+        say(f"interrupted: saved {run_dir.last} at epoch {progress.epoch + 1}, "
+            f"window {progress.window}" if progress.window else
+            f"interrupted: saved {run_dir.last} after epoch {progress.epoch}")
+        return FitResult(run_dir.path, state, progress.history, run_dir.existing_best(),
+                         run_dir.last, progress.best_or_none(), None, False, progress.skipped,
+                         time.perf_counter() - t_start)
 
-    def host_params(st):  # evaluation runs in each process on its own device
-        return distributed.to_host(st.params) if multi else st.params
+    with _StopRequests(handle_signals) as stop:
+        epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
+                         skip=on_nonfinite == "skip", max_windows=max_windows,
+                         save_every=save_every, stop=stop, callbacks=callbacks,
+                         names=leaf_names(state.params))
+        for epoch in range(progress.epoch, config.epochs):
+            state, stats, interrupted = epochs.train(epoch, state)
+            if interrupted:
+                return stopped(state)
+            if epochs.finish(epoch, state, stats):
+                return stopped(state)
 
-    def nonfinite(epoch, window, m, step_no):
-        flags = np.asarray(m.get("finite_leaves", []), bool)
-        broke = tuple(n for n, ok in zip(names, flags) if not ok)
-        loss_ok = math.isfinite(float(m["loss"]))
-        what = ([] if loss_ok else ["the loss"]) + (
-            [f"the gradient of {', '.join(broke)}"] if broke else [])
-        keep = (f"the last good checkpoint is {last_path}" if os.path.exists(last_path)
-                else "no checkpoint was written")
-        return NonFiniteError(
-            f"non-finite {' and '.join(what) or 'values'} at step {step_no} (epoch {epoch + 1}, "
-            f"window {window + 1}); stopped without saving it, {keep}",
-            step=step_no, epoch=epoch, window=window, parameters=broke)
-
-    stop = threading.Event()
-    halted = False  # stop agreed by every process
-    best_params = None  # multi-process: the best parameters, kept in memory
-    old_handlers = {}
-    if handle_signals and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            lr = zaremba_lr(config.lr, config.lr_decay, config.decay_start, epoch)
-            state = set_learning_rate(state, lr)
-            last_save = time.perf_counter()
-            running_totals = totals
-
-            def should_stop(i, st, c, m, running, epoch=epoch):
-                nonlocal last_save, skipped, running_totals, halted
-                running_totals = running
-                if not m["finite"]:  # the loss is global: every process sees the same
-                    if not skip:
-                        raise nonfinite(epoch, i, m, int(st.step) + 1)
-                    skipped += 1
-                # A signal or a clock reaches each process on its own: act on them together.
-                halted, due = distributed.any_process(
-                    stop.is_set(), time.perf_counter() - last_save > save_every)
-                if halted:
-                    return True
-                if max_windows is not None and i + 1 >= start_window + max_windows:
-                    return True
-                if due:
-                    save(last_path, st, meta_for(epoch, i + 1, running), carry=c)
-                    last_save = time.perf_counter()
-                return False
-
-            on_window = None
-            if callbacks.on_window is not None:
-                on_window = lambda i, n, m, tok_s, epoch=epoch: callbacks.on_window(epoch, i, n, m, tok_s)
-            if epoch_fn is not None and start_window == 0:
-                step_before = int(state.step)
-                state, stats, first_bad = train_epoch_fused(epoch_fn, step, model, state, streams,
-                                                            config.bptt)
-                if first_bad is not None:
-                    if not skip:
-                        window, m = first_bad
-                        raise nonfinite(epoch, window, m, step_before + window + 1)
-                    skipped += stats.nonfinite_windows
-                next_window = 0
-            else:
-                state, stats, next_window, carry = train_epoch(
-                    step, model, state, streams, config.bptt, start_window=start_window,
-                    carry=carry, totals=totals, on_window=on_window, should_stop=should_stop)
-            if halted and epoch_fn is None and next_window < -(-(streams.shape[1] - 1) // config.bptt):
-                save(last_path, state, meta_for(epoch, next_window, running_totals), carry=carry)
-                say(f"interrupted: saved {last_path} at epoch {epoch + 1}, window {next_window}")
-                return FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
-                                 last_path, best if math.isfinite(best) else None, None, False, skipped,
-                                 time.perf_counter() - t_start)
-            start_window, carry, totals = 0, None, None
-            valid_ppl, _ = evaluate(model, host_params(state), corpus.valid, eval_step=eval_step,
-                                    batch_size=eval_batch, bptt=config.bptt)
-            improved = math.isfinite(valid_ppl) and valid_ppl < best
-            if improved:
-                best = valid_ppl
-            record = {"epoch": epoch + 1, "lr": lr, "train_ppl": stats.perplexity,
-                      "valid_ppl": valid_ppl if math.isfinite(valid_ppl) else None,
-                      "improved": improved, "train_tokens": stats.tokens,
-                      "tokens_per_s": stats.tokens / max(stats.seconds, 1e-9),
-                      "seconds": stats.seconds, "nonfinite_windows": stats.nonfinite_windows}
-            history.append(record)
-            if improved:
-                save(best_path, state, meta_for(epoch + 1, 0))
-                if multi:
-                    best_params = host_params(state)
-            save(last_path, state, meta_for(epoch + 1, 0))
-            if callbacks.on_epoch is not None:
-                callbacks.on_epoch(dict(record))
-            halted = distributed.any_process(stop.is_set())[0]
-            if halted:
-                say(f"interrupted: saved {last_path} after epoch {epoch + 1}")
-                return FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
-                                 last_path, best if math.isfinite(best) else None, None, False, skipped,
-                                 time.perf_counter() - t_start)
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-
-    if best_params is not None:
-        test_params = best_params
-    elif os.path.exists(best_path):
-        _, raw = ckpt.load_raw(best_path)
-        test_params = ckpt.restore_into(state, raw, best_path).params
-    else:
-        say("no epoch gave a finite validation perplexity: testing the last state")
-        test_params = host_params(state)
-    test_ppl, n_test = evaluate(model, test_params, corpus.test, eval_step=eval_step,
-                                batch_size=eval_batch, bptt=config.bptt)
+    test_ppl, n_test = epochs.test(state, say)
     wall = time.perf_counter() - t_start
-    result = FitResult(run_dir, state, history, best_path if os.path.exists(best_path) else None,
-                       last_path, best if math.isfinite(best) else None,
-                       test_ppl if math.isfinite(test_ppl) else None, True, skipped, wall)
-    if leader:
-        _write_json(summary_path, {"test_ppl": result.test_ppl, "test_tokens": n_test,
-                                   "best_valid_ppl": result.best_valid_ppl, "wall_seconds": wall,
-                                   "config": config.to_dict(), **(data_info or {}),
-                                   "history": history, "skipped_windows": skipped,
-                                   "processes": jax.process_count()})
+    result = FitResult(run_dir.path, state, progress.history, run_dir.existing_best(),
+                       run_dir.last, progress.best_or_none(),
+                       test_ppl if math.isfinite(test_ppl) else None, True, progress.skipped, wall)
+    writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
+                    "best_valid_ppl": result.best_valid_ppl, "wall_seconds": wall,
+                    "config": config.to_dict(), **({"given": list(given)} if given else {}),
+                    **(data_info or {}), "history": progress.history,
+                    "skipped_windows": progress.skipped, "processes": jax.process_count()})
     return result
-

@@ -16,7 +16,7 @@ Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "make_train_step", "make_eval_step", "all_finite",
-    "make_train_epoch",
+    "make_train_epoch", "leaf_names",
 ]
 
 
@@ -34,6 +34,18 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key: Array
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key)
 
 
+def leaf_names(tree) -> list[str]:
+    """The path of every leaf of ``tree``, in ``jax.tree_util.tree_leaves`` order.
+
+    The names ``finite_leaves`` flags and checkpoints refer to.
+
+    Example:
+      >>> leaf_names({"out": {"W": 1, "b": 2}, "embed": 3})
+      ["['embed']", "['out']['W']", "['out']['b']"]
+    """
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def all_finite(tree) -> Array:
     """True when every entry of every leaf of ``tree`` is finite (a scalar bool array).
 
@@ -48,8 +60,6 @@ def all_finite(tree) -> Array:
     """
     return jax.tree_util.tree_reduce(
         lambda ok, x: ok & jnp.all(jnp.isfinite(x)), tree, jnp.asarray(True))
-
-
 
 
 def _sum_sq(g: jax.Array) -> jax.Array:
