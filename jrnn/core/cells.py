@@ -45,6 +45,8 @@ PyTorch's order, so weights move between jrnn and ``torch.nn.RNN`` / ``LSTM``
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -71,11 +73,57 @@ __all__ = [
     "gate_size",
     "ACTIVATIONS",
     "CELL_KINDS",
+    "CELL_FACTORIES",
+    "interned",
 ]
 
 
+def interned(factory: Callable) -> Callable:
+    """``factory``, returning one and the same value for equal arguments.
+
+    Cells and models are NamedTuples of closures; closures compare by
+    identity, so two separately built ``jrnn.lstm(8)`` would never be equal
+    and each would make ``jax.jit`` compile again when passed as a static
+    argument.  Interning makes a cell a value: equal configuration (the
+    arguments after defaults are filled in, compared with their types, so
+    ``True`` is not ``1``) gives the identical object, hence equal and
+    hashable.  Arguments that cannot be hashed (an array as ``init_scale``)
+    build a fresh value, exactly as without interning.
+
+    Example:
+      >>> import jax.numpy as jnp, jrnn
+      >>> jrnn.lstm(8) == jrnn.lstm(hidden_size=8, forget_bias=0.0), jrnn.lstm(8) == jrnn.lstm(9)
+      (True, False)
+      >>> jrnn.elman(4, jnp.sin) == jrnn.elman(4, activation=jnp.sin)
+      True
+    """
+    signature = inspect.signature(factory)
+    cache: dict = {}
+
+    @functools.wraps(factory)
+    def make(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple((name, type(v), v) for name, v in bound.arguments.items())
+        try:
+            return cache[key]
+        except TypeError:  # an unhashable argument: no interning
+            return factory(*args, **kwargs)
+        except KeyError:
+            value = cache[key] = factory(*args, **kwargs)
+            return value
+
+    make.cache_clear = cache.clear
+    return make
+
+
 class Cell(NamedTuple):
-    """A recurrent cell: static sizes plus pure functions (see module doc)."""
+    """A recurrent cell: static sizes plus pure functions (see module doc).
+
+    Cells made by jrnn's factories are values: equal arguments give the same
+    cell (:func:`interned`), so equal cells are equal, hash alike and share
+    one ``jax.jit`` compilation.
+    """
 
     kind: str
     hidden_size: int
@@ -91,8 +139,6 @@ class Cell(NamedTuple):
     remat: bool = False
     cell_size: Optional[int] = None
 
-
-CELL_KINDS = ("linear", "elman", "lstm", "gru")
 
 
 def gate_size(cell: Cell) -> int:
@@ -120,6 +166,7 @@ def sequence_for(cell: Cell) -> Optional[Callable]:
     return None
 
 
+@interned
 def remat(cell: Cell) -> Cell:
     """The same cell with its step under ``jax.checkpoint`` (rematerialization).
 
@@ -193,6 +240,7 @@ def _identity_hidden(carry: Array) -> Array:
     return carry
 
 
+@interned
 def elman(
     hidden_size: int,
     activation: Union[str, Callable[[Array], Array]] = "tanh",
@@ -244,6 +292,7 @@ def elman(
     )
 
 
+@interned
 def linear(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     r"""The lecture's linear recurrence, with no activation.
 
@@ -265,6 +314,7 @@ def linear(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     return cell._replace(kind="linear")
 
 
+@interned
 def lstm(
     hidden_size: int,
     *,
@@ -387,6 +437,7 @@ def lstm(
     )
 
 
+@interned
 def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     r"""Gated recurrent unit, gate order (r, z, n) as in PyTorch.
 
@@ -430,6 +481,13 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
         sequence=backward.gru_sequence(H),
         sequence_step=step,
     )
+
+
+# The one list of cell kinds a name can mean (the configuration, the command line and
+# the Flax modules read it).
+CELL_FACTORIES: dict[str, Callable[..., Cell]] = {"linear": linear, "elman": elman, "lstm": lstm,
+                                                  "gru": gru}
+CELL_KINDS = tuple(CELL_FACTORIES)
 
 
 def make_cell(

@@ -33,13 +33,12 @@ time-major inside :func:`jrnn.unroll`.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
-from jrnn.core.cells import CELL_KINDS, make_cell
+from jrnn.core.cells import CELL_KINDS, Cell, interned, make_cell
 from jrnn.core.cells import remat as remat_cell
 from jrnn.core.select import METHODS, PRECISIONS, output_matmul_dtype
 from jrnn.core.unroll import unroll as unroll_cells
@@ -120,15 +119,6 @@ class LanguageModel(NamedTuple):
     readout: Optional[Callable[[dict], tuple]] = None
 
 
-def _legacy_unroll(unroll, method, scan_unroll):
-    """The first release's ``unroll=`` as ``(method, scan_unroll)``, with a DeprecationWarning."""
-    warnings.warn("rnn_lm(unroll=...) is deprecated: pass method= and scan_unroll=",
-                  DeprecationWarning, stacklevel=3)
-    if unroll in ("auto", "associative", "doubling") and not isinstance(unroll, bool):
-        return unroll, scan_unroll
-    return ("scan" if method == "auto" else method), positive_int("unroll", unroll)
-
-
 def _dropout(key, rate: float, x: Array) -> Array:
     if key is None or rate == 0.0:
         return x
@@ -168,14 +158,48 @@ def _output_precision(value: str, output_weights: int) -> str:
     return output_matmul_dtype(output_weights=output_weights).dtype if value == "auto" else value
 
 
+def _layer_cells(cell, num_layers, *, hidden_size, activation, forget_bias, init_scale,
+                 proj_size) -> tuple:
+    """The cell of each layer: ``num_layers`` cells of a kind named, or the cells given."""
+    if isinstance(cell, str):
+        if cell not in CELL_KINDS:
+            raise ValueError(f"unknown cell kind {cell!r}; expected one of {list(CELL_KINDS)}")
+        hidden_size = 200 if hidden_size is None else positive_int("hidden_size", hidden_size)
+        if proj_size is not None and (cell != "lstm" or positive_int("proj_size", proj_size)
+                                      >= hidden_size):
+            raise ValueError(f"proj_size is for LSTM cells and must be smaller than hidden_size "
+                             f"({hidden_size}), got {proj_size} with cell {cell!r}")
+        num_layers = positive_int("num_layers", 2 if num_layers is None else num_layers)
+        one = make_cell(cell, hidden_size, activation=activation or "tanh",
+                        forget_bias=forget_bias, init_scale=init_scale, proj_size=proj_size)
+        return (one,) * num_layers
+    cells = (cell,) if isinstance(cell, Cell) else tuple(cell) if isinstance(cell, (list, tuple)) else ()
+    if not cells or not all(isinstance(c, Cell) for c in cells):
+        raise ValueError(f"cell must be a cell kind ({', '.join(CELL_KINDS)}), a jrnn.Cell or a "
+                         f"sequence of them, got {type(cell).__name__}")
+    fixed = {"hidden_size": hidden_size, "activation": activation, "proj_size": proj_size,
+             "forget_bias": forget_bias or None}
+    set_here = [name for name, v in fixed.items() if v is not None]
+    if set_here:
+        verb = "belongs" if len(set_here) == 1 else "belong"
+        raise ValueError(f"{', '.join(set_here)} {verb} to the cell when cells are given; "
+                         f"set them where the cell is made (e.g. jrnn.lstm(H, proj_size=P))")
+    if len(cells) == 1:
+        return cells * positive_int("num_layers", 2 if num_layers is None else num_layers)
+    if num_layers is not None and num_layers != len(cells):
+        raise ValueError(f"num_layers is {num_layers} but {len(cells)} cells were given")
+    return cells
+
+
+@interned
 def rnn_lm(
     vocab_size: int,
     *,
-    cell: str = "lstm",
-    activation: str = "tanh",
+    cell: Union[str, Cell, Sequence[Cell]] = "lstm",
+    activation: Optional[str] = None,
     embed_size: int = 200,
-    hidden_size: int = 200,
-    num_layers: int = 2,
+    hidden_size: Optional[int] = None,
+    num_layers: Optional[int] = None,
     dropout: float = 0.0,
     tie_embeddings: bool = False,
     init_scale: Optional[float] = None,
@@ -184,7 +208,6 @@ def rnn_lm(
     scan_unroll: Optional[int] = None,
     remat: bool = False,
     custom_vjp: bool = True,
-    unroll: Any = None,
     variational: bool = False,
     recurrent_dropout: float = 0.0,
     weight_dropout: float = 0.0,
@@ -193,6 +216,17 @@ def rnn_lm(
     output_precision: str = "float32",
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
+
+    ``cell`` is a cell kind (``"lstm"``, ``"gru"``, ``"elman"``, ``"linear"``,
+    made ``num_layers`` times (default 2) with ``hidden_size`` (default 200),
+    ``activation``, ``forget_bias`` and ``proj_size``), or your own cells: one
+    :class:`jrnn.Cell` (repeated ``num_layers`` times) or a sequence of them,
+    one per layer -- any cell with jrnn's interface, e.g.
+    ``jrnn.elman(64, activation=jnp.sin)`` or one you wrote.  Each layer
+    reads what the one below outputs (``cell.hidden_size``); the sizes then
+    belong to the cells, so ``hidden_size``, ``activation``, ``proj_size``
+    and ``forget_bias`` are refused beside them.  Equal arguments give the
+    same model (a value: equal, hashable, one ``jax.jit`` compilation).
 
     ``output_precision`` sets the operand dtype of the output layer's three
     matmuls in :func:`jrnn.sequence_loss`'s chunked path (logits, ``dh``,
@@ -251,58 +285,49 @@ def rnn_lm(
       >>> logits.shape
       (2, 7, 50)
     """
-    if unroll is not None:
-        method, scan_unroll = _legacy_unroll(unroll, method, scan_unroll)
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     if scan_unroll is not None:
         scan_unroll = positive_int("scan_unroll", scan_unroll)
+    layer_cells = _layer_cells(cell, num_layers, hidden_size=hidden_size, activation=activation,
+                               forget_bias=forget_bias, init_scale=init_scale, proj_size=proj_size)
+    last = layer_cells[-1]
+    out_size = last.hidden_size  # what the last layer outputs: the output layer's input
     config = LMConfig(
-        vocab_size, cell, activation, embed_size, hidden_size, num_layers,
-        check_rate("dropout", dropout), bool(tie_embeddings), init_scale, float(forget_bias),
-        method, bool(remat), bool(custom_vjp), scan_unroll, bool(variational),
+        vocab_size, "+".join(dict.fromkeys(c.kind for c in layer_cells)),
+        activation or ("tanh" if isinstance(cell, str) else last.activation or "custom"), embed_size, last.cell_size or out_size,
+        len(layer_cells), check_rate("dropout", dropout), bool(tie_embeddings), init_scale,
+        float(forget_bias), method, bool(remat), bool(custom_vjp), scan_unroll, bool(variational),
         check_rate("recurrent_dropout", recurrent_dropout),
         check_rate("weight_dropout", weight_dropout),
         check_rate("embedding_dropout", embedding_dropout),
-        None if proj_size is None else positive_int("proj_size", proj_size),
-        _output_precision(output_precision, (proj_size or hidden_size) * vocab_size),
+        out_size if last.cell_size else None,
+        _output_precision(output_precision, out_size * vocab_size),
     )
-    if proj_size is not None and (cell != "lstm" or proj_size >= hidden_size):
-        raise ValueError(f"proj_size is for LSTM cells and must be smaller than hidden_size "
-                         f"({hidden_size}), got {proj_size} with cell {cell!r}")
-    out_size = proj_size or hidden_size  # what each layer outputs
-    if config.recurrent_dropout and cell == "gru":
+    if config.recurrent_dropout and any(c.kind == "gru" for c in layer_cells):
         raise ValueError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
                          "reuses h_{t-1} in its update gate, where a mask would change the state")
-    for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+    for name in ("vocab_size", "embed_size"):
         positive_int(name, getattr(config, name))
-    if cell not in CELL_KINDS:
-        raise ValueError(f"unknown cell kind {cell!r}; expected one of {list(CELL_KINDS)}")
     if tie_embeddings and embed_size != out_size:
-        what = "proj_size" if proj_size else "hidden_size"
+        what = "proj_size" if last.cell_size else "hidden_size"
         raise ValueError(
             f"tie_embeddings needs embed_size == {what}, got {embed_size} and {out_size}"
         )
-    layer_cells = tuple(
-        make_cell(cell, hidden_size, activation=activation, forget_bias=forget_bias,
-                  init_scale=init_scale, proj_size=proj_size)
-        for _ in range(num_layers)
-    )
     if remat:
         layer_cells = tuple(remat_cell(c) for c in layer_cells)
-    V, E, H = vocab_size, embed_size, out_size
+    num_layers = len(layer_cells)
+    V, E = vocab_size, embed_size
+    inputs = [E] + [c.hidden_size for c in layer_cells[:-1]]  # what each layer reads
 
     def init(key: Array, dtype=jnp.float32) -> dict:
         k_embed, k_out, *k_layers = jax.random.split(key, 2 + num_layers)
         s = 0.1 if init_scale is None else init_scale
-        layers = [
-            c.init(k, E if i == 0 else H, dtype)
-            for i, (c, k) in enumerate(zip(layer_cells, k_layers))
-        ]
+        layers = [c.init(k, d, dtype) for c, k, d in zip(layer_cells, k_layers, inputs)]
         k_w, k_b = jax.random.split(k_out)
         out = {"b": _uniform(k_b, (V,), s, dtype) if init_scale is not None else jnp.zeros((V,), dtype)}
         if not tie_embeddings:
-            out["W"] = _uniform(k_w, (H, V), s, dtype)
+            out["W"] = _uniform(k_w, (out_size, V), s, dtype)
         return {"embed": _uniform(k_embed, (V, E), s, dtype), "layers": layers, "out": out}
 
     def initial_carry(batch_size: int, dtype=jnp.float32):
@@ -378,6 +403,7 @@ def rnn_lm(
                          readout=readout)
 
 
+@interned
 def nnlm(
     vocab_size: int,
     *,
