@@ -16,6 +16,8 @@ from importlib import metadata
 from typing import Optional, Sequence
 
 from jrnn.cli.options import DEFAULTS, PRESETS, UserError
+from jrnn.core.select import PRECISIONS
+from jrnn.training.config import ACTIVATIONS, CELLS, OPTIMIZERS
 
 __all__ = ["main", "PRESETS", "DEFAULTS", "UserError"]
 
@@ -67,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-vocab", type=int, default=None)
     t.add_argument("--min-freq", type=int, default=None, help="drop rarer words (default 1)")
     t.add_argument("--preset", choices=sorted(PRESETS))
-    t.add_argument("--cell", choices=["linear", "elman", "lstm", "gru", "nnlm"])
-    t.add_argument("--activation", choices=["tanh", "sigmoid", "relu", "identity"])
+    t.add_argument("--cell", choices=list(CELLS))
+    t.add_argument("--activation", choices=list(ACTIVATIONS))
     t.add_argument("--layers", type=int)
     t.add_argument("--embed-size", type=int)
     t.add_argument("--hidden-size", type=int)
@@ -87,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="drop whole words from the embedding matrix (AWD-LSTM)")
     t.add_argument("--init-scale", type=float)
     t.add_argument("--forget-bias", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS))
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-decay", type=float, help="multiply the lr by this each epoch after --decay-start")
     t.add_argument("--decay-start", type=int, help="epochs at the initial lr")
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--bptt", type=int, help="BPTT window length T")
     t.add_argument("--unroll", type=_unroll_arg,
                    help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
-    t.add_argument("--output-precision", choices=["auto", "float32", "bfloat16"],
+    t.add_argument("--output-precision", choices=list(PRECISIONS),
                    help="operands of the output layer's matmuls: auto (the default) picks "
                         "bfloat16 on CPUs with AMX, float32 elsewhere; evaluation is float32")
     t.add_argument("--remat", action="store_true", default=None,

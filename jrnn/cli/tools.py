@@ -31,7 +31,7 @@ from jrnn.training.checkpoint import CheckpointError
 
 __all__ = ["diagnose_main", "tasks_main", "format_sweep_table", "DEFAULT_LENGTHS"]
 
-CELLS = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
+CELLS = dg.CELL_NAMES
 
 # Lengths T (copy: blank steps T; agreement: distance k) each task is swept over by default.
 DEFAULT_LENGTHS = {

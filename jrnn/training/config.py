@@ -15,14 +15,18 @@ import dataclasses
 import math
 from typing import Any, Optional, Union
 
+from jrnn.core.cells import CELL_KINDS
+from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
 from jrnn.core.select import PRECISIONS
 from jrnn.core.validation import positive_int
+from jrnn.training.loop import OPTIMIZERS as _OPTIMIZERS
 
 __all__ = ["TrainConfig", "ConfigError", "PRESETS", "DEFAULT"]
 
-CELLS = ("linear", "elman", "lstm", "gru", "nnlm")
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# What a name in a configuration can mean, read from the one place each list is kept.
+CELLS = CELL_KINDS + ("nnlm",)
+ACTIVATIONS = tuple(_ACTIVATIONS)
+OPTIMIZERS = tuple(_OPTIMIZERS)
 
 
 class ConfigError(ValueError):

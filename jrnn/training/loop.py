@@ -22,6 +22,7 @@ from jrnn.models.lm import LanguageModel
 from jrnn.training.step import TrainState, make_eval_step
 
 __all__ = [
+    "OPTIMIZERS",
     "make_optimizer",
     "set_learning_rate",
     "get_learning_rate",
@@ -33,12 +34,17 @@ __all__ = [
 ]
 
 
+# The optimizers a configuration (and ``jrnn train --optimizer``) can name.  From
+# Python, pass any optax.GradientTransformation to fit instead.
+OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}
+
+
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """``sgd``, ``adam`` or ``adamw`` with the learning rate injected into the state."""
-    makers = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}
-    if name not in makers:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(makers)}")
-    return optax.inject_hyperparams(makers[name])(learning_rate=learning_rate)
+    """``OPTIMIZERS[name]`` with the learning rate injected into the state (so it is checkpointed
+    and the per-epoch schedule can set it)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+    return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate)
 
 
 def set_learning_rate(state: TrainState, lr: float) -> TrainState:
