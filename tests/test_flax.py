@@ -339,3 +339,129 @@ def test_initialize_carry_gives_the_cells_zeros():
                                 [lstm.initial_carry((B,)), gru.initial_carry((B,))])
     layer = jf.NNXRNN(gru, D, rngs=nnx.Rngs(0))
     chex.assert_trees_all_equal(layer.initialize_carry(B), gru.initial_carry((B,)))
+
+
+# -- method and custom_vjp reach jrnn.unroll -----------------------------------
+
+
+def _tangent(tree, seed=11):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("per_call", [False, True])
+def test_linen_rnn_jvp_without_custom_vjp(per_call):
+    """jax.jvp through the module == through jrnn.unroll(custom_vjp=False) == finite differences."""
+    cell = jrnn.lstm(H)  # has a hand-written backward pass
+    x = _x(dtype=jnp.float64)
+    layer = jf.RNN(cell, param_dtype=jnp.float64, custom_vjp=per_call)
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    call = {"custom_vjp": False} if per_call else {}
+
+    def f(p, x):
+        return layer.apply({"params": p}, x, **call)
+
+    primals, tangents = (params, x), (_tangent(params), _tangent(x, seed=12))
+    got = jax.jvp(f, primals, tangents)
+    want = jax.jvp(lambda p, x: _unroll(cell, p, x, custom_vjp=False)[1], primals, tangents)
+    chex.assert_trees_all_close(got, want, atol=1e-12)
+    eps = 1e-6
+    shifted = [jax.tree_util.tree_map(lambda a, t, s=s: a + s * eps * t, primals, tangents)
+               for s in (1, -1)]
+    fd = (f(*shifted[0]) - f(*shifted[1])) / (2 * eps)
+    np.testing.assert_allclose(got[1], fd, atol=1e-7)
+    # the default (the cell's custom_vjp backward pass) is what forward mode cannot go through
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: layer.apply({"params": params}, x, custom_vjp=True), (x,), (x,))
+
+
+_CELLS, _PAIRS = [jrnn.lstm(H), jrnn.gru(H)], [(jrnn.gru(H), jrnn.lstm(H))] * 2
+
+
+def _linen_stack(x, custom_vjp):
+    """(the module as a function of x, jrnn's free function with custom_vjp=False)."""
+    stack = jf.Stack(_CELLS, custom_vjp=custom_vjp)
+    p = stack.init(jax.random.PRNGKey(0), x)
+    return (lambda x: stack.apply(p, x),
+            lambda x: _unroll(_CELLS, jf.layers_from_flax(p["params"]), x, custom_vjp=False)[1])
+
+
+def _linen_bidirectional_stack(x, custom_vjp):
+    stack = jf.BidirectionalStack(_PAIRS, custom_vjp=custom_vjp)
+    p = stack.init(jax.random.PRNGKey(0), x)
+    ps = [(q["forward"], q["backward"]) for q in jf.layers_from_flax(p["params"])]
+    return (lambda x: stack.apply(p, x),
+            lambda x: jrnn.bidirectional(_PAIRS, ps, x, time_major=False, custom_vjp=False)[1])
+
+
+def _linen_bidirectional(x, custom_vjp):
+    bi = jf.Bidirectional(jf.RNN(_CELLS[0]), jf.RNN(_CELLS[1]))
+    p = bi.init(jax.random.PRNGKey(0), x)
+    fwd, bwd = p["params"]["forward_rnn"], p["params"]["backward_rnn"]
+    return (lambda x: bi.apply(p, x, custom_vjp=custom_vjp),  # passed on to both layers
+            lambda x: jnp.concatenate(
+                [_unroll(_CELLS[0], fwd, x, custom_vjp=False)[1],
+                 _unroll(_CELLS[1], bwd, x, reverse=True, custom_vjp=False)[1]], -1))
+
+
+def _nnx_rnn(x, custom_vjp):
+    layer = jf.NNXRNN(_CELLS[0], D, rngs=nnx.Rngs(0), custom_vjp=custom_vjp)
+    return layer, lambda x: _unroll(_CELLS[0], layer.params, x, custom_vjp=False)[1]
+
+
+def _nnx_stack(x, custom_vjp):
+    stack = jf.NNXStack(_CELLS, D, rngs=nnx.Rngs(0), custom_vjp=custom_vjp)
+    return stack, lambda x: _unroll(_CELLS, stack.params, x, custom_vjp=False)[1]
+
+
+def _nnx_bidirectional_stack(x, custom_vjp):
+    stack = jf.NNXBidirectionalStack(_PAIRS, D, rngs=nnx.Rngs(0), custom_vjp=custom_vjp)
+    return stack, lambda x: jrnn.bidirectional(_PAIRS, stack.params, x, time_major=False,
+                                               custom_vjp=False)[1]
+
+
+@pytest.mark.parametrize("build", [_linen_stack, _linen_bidirectional_stack, _linen_bidirectional,
+                                   _nnx_rnn, _nnx_stack, _nnx_bidirectional_stack],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_jvp_through_every_module_built_without_custom_vjp(build):
+    x = _x()
+    tx = _tangent(x)
+    f, want = build(x, False)
+    chex.assert_trees_all_close(jax.jvp(f, (x,), (tx,)), jax.jvp(want, (x,), (tx,)), atol=1e-5)
+    f_default, _ = build(x, True)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(f_default, (x,), (tx,))
+
+
+def test_nnx_custom_vjp_can_be_overridden_per_call():
+    layer = jf.NNXStack([jrnn.gru(H), jrnn.lstm(H)], D, rngs=nnx.Rngs(0))
+    x, tx = _x(), _tangent(_x())
+    want = jax.jvp(lambda x: _unroll(list(layer.cells), layer.params, x, custom_vjp=False)[1],
+                   (x,), (tx,))
+    chex.assert_trees_all_close(jax.jvp(lambda x: layer(x, custom_vjp=False), (x,), (tx,)), want,
+                                atol=1e-5)
+
+
+def test_method_reaches_unroll():
+    cell = jrnn.linear(H)
+    x = _x()
+    layer = jf.RNN(cell, method="associative", return_carry=True)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    want = _unroll(cell, variables["params"], x, lengths=LENGTHS, method="associative")
+    chex.assert_trees_all_equal(layer.apply(variables, x, seq_lengths=LENGTHS), want)
+    nnx_layer = jf.NNXRNN(cell, D, rngs=nnx.Rngs(0), method="associative", return_carry=True)
+    want = _unroll(cell, nnx_layer.params, x, lengths=LENGTHS, method="associative")
+    chex.assert_trees_all_equal(nnx_layer(x, seq_lengths=LENGTHS), want)
+    # a method the cell cannot run is jrnn.unroll's error, from every module
+    gru, key = jrnn.gru(H), jax.random.PRNGKey(0)
+    for run in (lambda: jf.RNN(gru, method="associative").init(key, x),
+                lambda: jf.Stack([gru, gru], method="associative").init(key, x),
+                lambda: jf.BidirectionalStack([(gru, gru)], method="associative").init(key, x),
+                lambda: jf.NNXRNN(gru, D, rngs=nnx.Rngs(0), method="associative")(x),
+                lambda: jf.NNXStack([gru], D, rngs=nnx.Rngs(0), method="associative")(x),
+                lambda: jf.NNXBidirectionalStack([(gru, gru)], D, rngs=nnx.Rngs(0),
+                                                 method="associative")(x)):
+        with pytest.raises(ValueError, match="linear recurrence"):
+            run()

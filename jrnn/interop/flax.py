@@ -35,6 +35,20 @@ always zeros (``init_key`` is accepted and unused); and the layer itself owns
 the weights (no ``cell`` sub-module), which keeps the parameter dict flat.
 As with ``nn.RNN``, the carry returned with ``seq_lengths`` is the one after
 each sequence's last valid step.
+
+How the recurrence runs is :func:`jrnn.unroll`'s choice, passed through:
+``method`` (a module attribute, ``"scan"`` by default; not a call argument,
+since linen's ``Module.apply`` owns that name) and ``custom_vjp`` (a module
+attribute that a call may override).  ``custom_vjp=False`` differentiates the
+scan with autodiff instead of the cell's hand-written backward pass, which is
+what forward mode (``jax.jvp``, ``jax.jacfwd``) needs; the values are the same.
+
+Initialization: every layer draws *one* key for all its parameters (linen:
+the first key it draws from its ``"params"`` RNG stream; NNX: ``rngs.params()``)
+and makes them from it the same way in both APIs -- ``cell.init(key, D)`` for
+a layer, ``jax.random.split(key, L)`` for a stack's ``L`` layers (each split
+again in two for a bidirectional layer).  So a linen and an NNX module whose
+keys are equal have equal parameters.
 """
 
 from __future__ import annotations
@@ -90,17 +104,6 @@ def _check_pairs(cells) -> tuple:
     return tuple((_check_cell(f), _check_cell(b)) for f, b in cells)
 
 
-def _run_stack_bidirectional(cells, params, inputs, initial_carry, seq_lengths, *, time_major,
-                             unroll_factor, dropout, key):
-    """The body of both bidirectional stacks: layout -> jrnn.bidirectional -> layout."""
-    xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
-    carry, hs = bidirectional(
-        list(cells), params, xs, initial_carry, lengths=seq_lengths, method="scan",
-        scan_unroll=unroll_factor, dropout=dropout, key=key,
-    )
-    return carry, (hs if time_major else jnp.swapaxes(hs, 0, 1))
-
-
 def _check_inputs(inputs, time_major: bool) -> Array:
     inputs = jnp.asarray(inputs)
     if inputs.ndim != 3:
@@ -109,13 +112,103 @@ def _check_inputs(inputs, time_major: bool) -> Array:
     return inputs
 
 
-def _run(cells, params, inputs, initial_carry, seq_lengths, *, time_major, reverse,
-         keep_order, unroll_factor, dropout=0.0, key=None):
-    """The one code path of every module: layout -> jrnn.unroll -> Flax's output order."""
+def _per_call(module, **call) -> dict:
+    """Each call argument, or the module's attribute of that name where the call passed ``None``.
+
+    The one rule for every per-call override in this file (``time_major``,
+    ``return_carry``, ``reverse``, ``keep_order``, ``custom_vjp``).
+
+    Example:
+      >>> from types import SimpleNamespace
+      >>> module = SimpleNamespace(reverse=True, time_major=False)
+      >>> _per_call(module, reverse=None, time_major=True)
+      {'reverse': True, 'time_major': True}
+    """
+    return {name: getattr(module, name) if value is None else value for name, value in call.items()}
+
+
+# -- initialization: one key per module, the same in linen and NNX ---------
+
+
+def _stack_keys(cells: Sequence[Cell], key: Array, in_features: int) -> list:
+    """``[(cell, key, input size)]``, one per layer of a stack.
+
+    Layer ``l`` gets ``jax.random.split(key, L)[l]`` and reads ``in_features``
+    (``l = 0``) or layer ``l - 1``'s ``hidden_size`` features.
+
+    Example:
+      >>> import jax, jrnn
+      >>> [(c.hidden_size, d) for c, _, d in _stack_keys([jrnn.gru(4), jrnn.gru(2)],
+      ...                                                jax.random.PRNGKey(0), 3)]
+      [(4, 3), (2, 4)]
+    """
+    sizes = [in_features] + [c.hidden_size for c in cells[:-1]]
+    return list(zip(cells, jax.random.split(key, len(cells)), sizes))
+
+
+def _pair_keys(pairs: Sequence[tuple], key: Array, in_features: int) -> list:
+    """``[((fwd, key, d), (bwd, key, d))]``, one pair per layer of a bidirectional stack.
+
+    Layer ``l``'s key is ``jax.random.split(key, L)[l]``, split again into the
+    forward and the backward key; layers after the first read both directions
+    (``H_fwd + H_bwd`` features).
+
+    Example:
+      >>> import jax, jrnn
+      >>> plan = _pair_keys([(jrnn.gru(4), jrnn.gru(3))] * 2, jax.random.PRNGKey(0), 5)
+      >>> [[d for _, _, d in layer] for layer in plan]
+      [[5, 5], [7, 7]]
+    """
+    plan, d = [], in_features
+    for (cf, cb), k in zip(pairs, jax.random.split(key, len(pairs))):
+        kf, kb = jax.random.split(k)
+        plan.append(((cf, kf, d), (cb, kb, d)))
+        d = cf.hidden_size + cb.hidden_size
+    return plan
+
+
+def _linen_params(module: nn.Module, names: Sequence[str], make: Callable[[Array], dict]) -> dict:
+    """``{name: module.param(name, ...)}`` for ``names``, all made by ONE call ``make(key)``.
+
+    ``key`` is the first parameter's key, i.e. the first one the module draws
+    from its ``"params"`` stream; the other parameters' keys go unused.  (One
+    ``cell.init`` per parameter, each with its own key, would give parameters
+    that no single ``cell.init`` -- and so no NNX module -- makes.)
+    """
+    made = []
+
+    def entry(key, name):
+        if not made:
+            made.append(make(key))
+        return made[0][name]
+
+    return {name: module.param(name, entry, name) for name in names}
+
+
+class _OneKey:
+    """Stands in for ``nnx.Rngs`` where a stack hands one of its layers that layer's key."""
+
+    def __init__(self, key: Array):
+        self._key = key
+
+    def params(self) -> Array:
+        return self._key
+
+
+# -- running: layout -> jrnn.unroll / jrnn.bidirectional -> Flax's layout ----
+
+
+def _run(cells, params, inputs, initial_carry, seq_lengths, *, time_major, return_carry, reverse,
+         keep_order, method, custom_vjp, scan_unroll, dropout=0.0, key=None):
+    """The one code path of every single-direction module: layout -> jrnn.unroll -> Flax's order.
+
+    ``inputs: float[B, T, D]`` (``[T, B, D]`` with ``time_major``) ->
+    ``outputs: float[B, T, H]``, or ``(carry, outputs)`` with ``return_carry``.
+    """
     xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # [T, B, D]
     carry, hs = unroll(
-        cells, params, xs, initial_carry, lengths=seq_lengths, reverse=reverse,
-        method="scan", scan_unroll=unroll_factor, dropout=dropout, key=key,
+        cells, params, xs, initial_carry, lengths=seq_lengths, reverse=reverse, method=method,
+        scan_unroll=scan_unroll, dropout=dropout, key=key, custom_vjp=custom_vjp,
     )
     if reverse and not keep_order:
         # nn.RNN's default: a reversed layer returns its outputs in processing
@@ -123,7 +216,55 @@ def _run(cells, params, inputs, initial_carry, seq_lengths, *, time_major, rever
         hs = jnp.flip(hs, 0) if seq_lengths is None else reverse_within_lengths(hs, seq_lengths)
     if not time_major:
         hs = jnp.swapaxes(hs, 0, 1)
-    return carry, hs
+    return (carry, hs) if return_carry else hs
+
+
+def _run_pairs(cells, params, inputs, initial_carry, seq_lengths, *, time_major, return_carry,
+               method, custom_vjp, scan_unroll, dropout, key):
+    """The body of both bidirectional stacks: layout -> jrnn.bidirectional -> layout.
+
+    ``inputs: float[B, T, D]`` (``[T, B, D]`` with ``time_major``) ->
+    ``outputs: float[B, T, H_fwd + H_bwd]``, or ``(carries, outputs)``.
+    """
+    xs = inputs if time_major else jnp.swapaxes(inputs, 0, 1)
+    carry, hs = bidirectional(
+        list(cells), params, xs, initial_carry, lengths=seq_lengths, method=method,
+        scan_unroll=scan_unroll, dropout=dropout, key=key, custom_vjp=custom_vjp,
+    )
+    hs = hs if time_major else jnp.swapaxes(hs, 0, 1)
+    return (carry, hs) if return_carry else hs
+
+
+def _run_bidirectional(module, inputs, initial_carry, seq_lengths, return_carry, time_major,
+                       kwargs):
+    """The body shared by the linen and NNX bidirectional wrappers."""
+    o = _per_call(module, time_major=time_major, return_carry=return_carry)
+    c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
+    carry_f, ys_f = module.forward_rnn(
+        inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
+        time_major=o["time_major"], reverse=False, **kwargs,
+    )
+    carry_b, ys_b = module.backward_rnn(
+        inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
+        time_major=o["time_major"], reverse=True, keep_order=True, **kwargs,
+    )
+    ys = module.merge_fn(ys_f, ys_b)
+    return ((carry_f, carry_b), ys) if o["return_carry"] else ys
+
+
+def _linen_dropout_key(module: nn.Module, layers: int, deterministic: Optional[bool]):
+    """A key from the ``"dropout"`` stream if a stack of ``layers`` drops out now, else None."""
+    if module.dropout_rate > 0.0 and layers > 1:
+        if not nn.merge_param("deterministic", module.deterministic, deterministic):
+            return module.make_rng("dropout")
+    return None
+
+
+def _nnx_dropout_key(module: nnx.Module, layers: int, rngs: Optional[nnx.Rngs]):
+    """``rngs.dropout()`` if a stack of ``layers`` in train mode drops out this call, else None."""
+    if module.dropout_rate > 0.0 and not module.deterministic and layers > 1 and rngs is not None:
+        return rngs.dropout()
+    return None
 
 
 def layers_from_flax(params: dict) -> list:
@@ -168,9 +309,11 @@ class RNN(nn.Module):
     .. math::
         h_t = \tanh(x_t W + h_{t-1} W_h + b).
 
-    Parameters are created on first call by ``cell.init`` (so with the cell's
-    own initialization) and live at the top of the module's ``params``:
-    ``variables["params"]`` can be passed to ``jrnn.unroll(cell, ...)`` as is.
+    Parameters are created on first call by one ``cell.init(key, D)`` (so
+    with the cell's own initialization; ``key`` is the first the module draws
+    from its ``"params"`` stream) and live at the top of the module's
+    ``params``: ``variables["params"]`` can be passed to
+    ``jrnn.unroll(cell, ...)`` as is.
 
     Attributes:
       cell: a jrnn :class:`~jrnn.core.cells.Cell`, e.g. ``jrnn.lstm(64)``.
@@ -181,6 +324,10 @@ class RNN(nn.Module):
         aligned with the inputs.
       unroll: ``lax.scan``'s unroll factor.
       param_dtype: dtype of the parameters.
+      method: :func:`jrnn.unroll`'s ``method`` (``"scan"``, ``"associative"``,
+        ``"auto"``, ...).
+      custom_vjp: :func:`jrnn.unroll`'s ``custom_vjp``; ``False`` allows
+        ``jax.jvp``.  A call's ``custom_vjp`` overrides it.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
@@ -195,6 +342,9 @@ class RNN(nn.Module):
       ...                     lengths=jnp.array([5, 3]))
       >>> ys.shape, bool((ys == hs).all())
       ((2, 5, 8), True)
+      >>> f = lambda x: layer.apply(variables, x, custom_vjp=False)   # forward mode
+      >>> jax.jvp(f, (x,), (x,))[1].shape
+      (2, 5, 8)
     """
 
     cell: Cell
@@ -204,6 +354,8 @@ class RNN(nn.Module):
     keep_order: bool = False
     unroll: int = 1
     param_dtype: Any = jnp.float32
+    method: str = "scan"
+    custom_vjp: bool = True
 
     @nn.compact
     def __call__(
@@ -217,26 +369,19 @@ class RNN(nn.Module):
         time_major: Optional[bool] = None,
         reverse: Optional[bool] = None,
         keep_order: Optional[bool] = None,
+        custom_vjp: Optional[bool] = None,
     ):
         del init_key  # nn.RNN's key for a random carry; jrnn's carries start at zeros
         cell = _check_cell(self.cell)
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        reverse = self.reverse if reverse is None else reverse
-        keep_order = self.keep_order if keep_order is None else keep_order
-        inputs = _check_inputs(inputs, time_major)
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, reverse=reverse,
+                      keep_order=keep_order, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
         D = inputs.shape[-1]
         # One self.param per entry of the cell's dict keeps jrnn's flat layout.
         names = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), D, self.param_dtype))
-        params = {
-            name: self.param(name, lambda key, n=name: cell.init(key, D, self.param_dtype)[n])
-            for name in sorted(names)
-        }
-        carry, hs = _run(
-            cell, params, inputs, initial_carry, seq_lengths, time_major=time_major,
-            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
-        )
-        return (carry, hs) if return_carry else hs
+        params = _linen_params(self, sorted(names), lambda key: cell.init(key, D, self.param_dtype))
+        return _run(cell, params, inputs, initial_carry, seq_lengths, method=self.method,
+                    scan_unroll=self.unroll, **o)
 
     def initialize_carry(self, batch_size: int, dtype=jnp.float32):
         """Zeros of the cell's carry for ``batch_size`` sequences."""
@@ -254,9 +399,12 @@ class Stack(nn.Module):
     function's stack, dropout between layers included (drawn from the
     ``"dropout"`` RNG stream when ``deterministic`` is False).  The carry is
     a list with one entry per layer; ``reverse`` reverses every layer.
+    The other attributes are :class:`RNN`'s.
 
     Parameters: ``{"layer_0": cells[0]'s params, "layer_1": ...}``; see
-    :func:`layers_from_flax` / :func:`layers_to_flax`.
+    :func:`layers_from_flax` / :func:`layers_to_flax`.  Layer ``l``'s are
+    ``cells[l].init(jax.random.split(key, L)[l], ...)`` for the module's one
+    ``"params"`` key, as in :class:`NNXStack`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
@@ -278,6 +426,8 @@ class Stack(nn.Module):
     keep_order: bool = False
     unroll: int = 1
     param_dtype: Any = jnp.float32
+    method: str = "scan"
+    custom_vjp: bool = True
 
     @nn.compact
     def __call__(
@@ -292,52 +442,27 @@ class Stack(nn.Module):
         reverse: Optional[bool] = None,
         keep_order: Optional[bool] = None,
         deterministic: Optional[bool] = None,
+        custom_vjp: Optional[bool] = None,
     ):
         del init_key  # as in RNN
         cells = _check_cells(self.cells)
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        reverse = self.reverse if reverse is None else reverse
-        keep_order = self.keep_order if keep_order is None else keep_order
-        inputs = _check_inputs(inputs, time_major)
-        params, d_in = [], inputs.shape[-1]
-        for i, cell in enumerate(cells):
-            params.append(
-                self.param(f"layer_{i}", lambda key, c=cell, d=d_in: c.init(key, d, self.param_dtype))
-            )
-            d_in = cell.hidden_size
-        key = None
-        if self.dropout_rate > 0.0 and len(cells) > 1:
-            if not nn.merge_param("deterministic", self.deterministic, deterministic):
-                key = self.make_rng("dropout")
-        carry, hs = _run(
-            list(cells), params, inputs, initial_carry, seq_lengths, time_major=time_major,
-            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
-            dropout=self.dropout_rate, key=key,
-        )
-        return (carry, hs) if return_carry else hs
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, reverse=reverse,
+                      keep_order=keep_order, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
+
+        def make(key):
+            return layers_to_flax([c.init(k, d, self.param_dtype)
+                                   for c, k, d in _stack_keys(cells, key, inputs.shape[-1])])
+
+        names = [f"layer_{i}" for i in range(len(cells))]
+        params = list(_linen_params(self, names, make).values())
+        return _run(list(cells), params, inputs, initial_carry, seq_lengths, method=self.method,
+                    scan_unroll=self.unroll, dropout=self.dropout_rate,
+                    key=_linen_dropout_key(self, len(cells), deterministic), **o)
 
     def initialize_carry(self, batch_size: int, dtype=jnp.float32) -> list:
         """Zeros of every layer's carry, as a list."""
         return [c.initial_carry((batch_size,), dtype) for c in self.cells]
-
-
-def _run_bidirectional(module, inputs, initial_carry, seq_lengths, return_carry, time_major,
-                       kwargs):
-    """The body shared by the linen and NNX bidirectional wrappers."""
-    time_major = module.time_major if time_major is None else time_major
-    return_carry = module.return_carry if return_carry is None else return_carry
-    c_fwd, c_bwd = (None, None) if initial_carry is None else initial_carry
-    carry_f, ys_f = module.forward_rnn(
-        inputs, initial_carry=c_fwd, seq_lengths=seq_lengths, return_carry=True,
-        time_major=time_major, reverse=False, **kwargs,
-    )
-    carry_b, ys_b = module.backward_rnn(
-        inputs, initial_carry=c_bwd, seq_lengths=seq_lengths, return_carry=True,
-        time_major=time_major, reverse=True, keep_order=True, **kwargs,
-    )
-    ys = module.merge_fn(ys_f, ys_b)
-    return ((carry_f, carry_b), ys) if return_carry else ys
 
 
 class Bidirectional(nn.Module):
@@ -350,8 +475,8 @@ class Bidirectional(nn.Module):
     its first (``reverse=True, keep_order=True``), so both outputs are aligned
     with the inputs; ``merge_fn`` concatenates by default.  Works with
     :class:`RNN`, :class:`Stack` or any module taking ``nn.RNN``'s call
-    arguments; extra keyword arguments (e.g. ``deterministic`` for stacks)
-    go to both.  The carry is ``(forward_carry, backward_carry)``.
+    arguments; extra keyword arguments (e.g. ``deterministic`` for stacks,
+    ``custom_vjp``) go to both.  The carry is ``(forward_carry, backward_carry)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
@@ -396,8 +521,10 @@ class BidirectionalStack(nn.Module):
     :func:`jrnn.bidirectional` once (dropout between layers from the
     ``"dropout"`` RNG stream when ``deterministic`` is False).  The carry is
     a list of ``(forward_carry, backward_carry)`` pairs, one per layer.
+    ``method`` and ``custom_vjp`` are :class:`RNN`'s.
 
-    Parameters: ``{"layer_0": {"forward": ..., "backward": ...}, ...}``.
+    Parameters: ``{"layer_0": {"forward": ..., "backward": ...}, ...}``, made
+    from the module's one ``"params"`` key as in :class:`NNXBidirectionalStack`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
@@ -417,6 +544,8 @@ class BidirectionalStack(nn.Module):
     return_carry: bool = False
     unroll: int = 1
     param_dtype: Any = jnp.float32
+    method: str = "scan"
+    custom_vjp: bool = True
 
     @nn.compact
     def __call__(
@@ -428,28 +557,23 @@ class BidirectionalStack(nn.Module):
         return_carry: Optional[bool] = None,
         time_major: Optional[bool] = None,
         deterministic: Optional[bool] = None,
+        custom_vjp: Optional[bool] = None,
     ):
         cells = _check_pairs(self.cells)
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        inputs = _check_inputs(inputs, time_major)
-        params, d_in = [], inputs.shape[-1]
-        for i, (cf, cb) in enumerate(cells):
-            def init(key, cf=cf, cb=cb, d=d_in):
-                kf, kb = jax.random.split(key)
-                return {"forward": cf.init(kf, d, self.param_dtype),
-                        "backward": cb.init(kb, d, self.param_dtype)}
-            p = self.param(f"layer_{i}", init)
-            params.append((p["forward"], p["backward"]))
-            d_in = cf.hidden_size + cb.hidden_size
-        key = None
-        if self.dropout_rate > 0.0 and len(cells) > 1:
-            if not nn.merge_param("deterministic", self.deterministic, deterministic):
-                key = self.make_rng("dropout")
-        carry, hs = _run_stack_bidirectional(
-            cells, params, inputs, initial_carry, seq_lengths, time_major=time_major,
-            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key)
-        return (carry, hs) if return_carry else hs
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
+
+        def make(key):
+            dtype = self.param_dtype
+            return layers_to_flax([
+                {"forward": cf.init(kf, d, dtype), "backward": cb.init(kb, d, dtype)}
+                for (cf, kf, d), (cb, kb, _) in _pair_keys(cells, key, inputs.shape[-1])])
+
+        names = [f"layer_{i}" for i in range(len(cells))]
+        params = [(p["forward"], p["backward"]) for p in _linen_params(self, names, make).values()]
+        return _run_pairs(cells, params, inputs, initial_carry, seq_lengths, method=self.method,
+                          scan_unroll=self.unroll, dropout=self.dropout_rate,
+                          key=_linen_dropout_key(self, len(cells), deterministic), **o)
 
 
 # ---------------------------------------------------------------------------
@@ -461,14 +585,16 @@ class NNXRNN(nnx.Module):
     r"""An NNX recurrent layer running any jrnn cell, called like ``nnx.RNN``.
 
     The parameters are ``nnx.Param`` attributes named as in the cell's dict
-    (``W``, ``W_h``, ``b``, ``b_h``), made by ``cell.init`` with a key from
-    ``rngs.params()``; :attr:`params` returns them as the plain dict
-    :func:`jrnn.unroll` takes.  Shapes, call arguments and the recurrence
+    (``W``, ``W_h``, ``b``, ``b_h``), made by one ``cell.init`` with one key
+    from ``rngs.params()`` (so equal to a linen :class:`RNN`'s made from the
+    same key); :attr:`params` returns them as the plain dict
+    :func:`jrnn.unroll` takes.  Shapes, call arguments, ``method``,
+    ``custom_vjp`` and the recurrence
     (:math:`(c_t, h_t) = \mathrm{step}(c_{t-1}, x_t W + b)`) are those of the
     linen :class:`RNN`.
 
     Example:
-      >>> import jax.numpy as jnp, jrnn
+      >>> import jax, jax.numpy as jnp, jrnn
       >>> from jrnn.interop import flax as jf
       >>> from flax import nnx
       >>> layer = jf.NNXRNN(jrnn.gru(8), 3, rngs=nnx.Rngs(0))
@@ -477,6 +603,8 @@ class NNXRNN(nnx.Module):
       >>> _, hs = jrnn.unroll(jrnn.gru(8), layer.params, x, time_major=False)
       >>> ys.shape, bool((ys == hs).all())
       ((2, 5, 8), True)
+      >>> jax.jvp(lambda x: layer(x, custom_vjp=False), (x,), (x,))[1].shape
+      (2, 5, 8)
     """
 
     def __init__(
@@ -491,6 +619,8 @@ class NNXRNN(nnx.Module):
         reverse: bool = False,
         keep_order: bool = False,
         unroll: int = 1,
+        method: str = "scan",
+        custom_vjp: bool = True,
     ):
         self.cell = _check_cell(cell)
         self.time_major = time_major
@@ -498,6 +628,8 @@ class NNXRNN(nnx.Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
+        self.method = method
+        self.custom_vjp = custom_vjp
         params = cell.init(rngs.params(), in_features, param_dtype)
         self.param_names = tuple(sorted(params))
         for name in self.param_names:
@@ -522,17 +654,13 @@ class NNXRNN(nnx.Module):
         time_major: Optional[bool] = None,
         reverse: Optional[bool] = None,
         keep_order: Optional[bool] = None,
+        custom_vjp: Optional[bool] = None,
     ):
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        reverse = self.reverse if reverse is None else reverse
-        keep_order = self.keep_order if keep_order is None else keep_order
-        inputs = _check_inputs(inputs, time_major)
-        carry, hs = _run(
-            self.cell, self.params, inputs, initial_carry, seq_lengths, time_major=time_major,
-            reverse=reverse, keep_order=keep_order, unroll_factor=self.unroll,
-        )
-        return (carry, hs) if return_carry else hs
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, reverse=reverse,
+                      keep_order=keep_order, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
+        return _run(self.cell, self.params, inputs, initial_carry, seq_lengths,
+                    method=self.method, scan_unroll=self.unroll, **o)
 
 
 class NNXStack(nnx.Module):
@@ -540,9 +668,10 @@ class NNXStack(nnx.Module):
 
     ``self.layers`` holds one :class:`NNXRNN` per cell and :attr:`params`
     returns the list of their dicts, the stack layout of :func:`jrnn.unroll`.
-    Dropout between layers (rate ``dropout_rate``) is drawn from
-    ``rngs.dropout()`` when a call gets ``rngs`` and the module is not in
-    ``eval()`` mode.
+    One key from ``rngs.params()`` is split into the layers' keys, as the
+    linen :class:`Stack` does with its key.  Dropout between layers (rate
+    ``dropout_rate``) is drawn from ``rngs.dropout()`` when a call gets
+    ``rngs`` and the module is not in ``eval()`` mode.
 
     Example:
       >>> import jax.numpy as jnp, jrnn
@@ -568,6 +697,8 @@ class NNXStack(nnx.Module):
         reverse: bool = False,
         keep_order: bool = False,
         unroll: int = 1,
+        method: str = "scan",
+        custom_vjp: bool = True,
     ):
         self.cells = _check_cells(cells)
         self.dropout_rate = check_rate("dropout_rate", dropout_rate)
@@ -577,10 +708,12 @@ class NNXStack(nnx.Module):
         self.reverse = reverse
         self.keep_order = keep_order
         self.unroll = unroll
-        sizes = [in_features] + [c.hidden_size for c in self.cells[:-1]]
-        self.layers = nnx.List(
-            [NNXRNN(c, d, rngs=rngs, param_dtype=param_dtype) for c, d in zip(self.cells, sizes)]
-        )
+        self.method = method
+        self.custom_vjp = custom_vjp
+        self.layers = nnx.List([
+            NNXRNN(c, d, rngs=_OneKey(k), param_dtype=param_dtype)
+            for c, k, d in _stack_keys(self.cells, rngs.params(), in_features)
+        ])
 
     @property
     def params(self) -> list:
@@ -602,20 +735,14 @@ class NNXStack(nnx.Module):
         reverse: Optional[bool] = None,
         keep_order: Optional[bool] = None,
         rngs: Optional[nnx.Rngs] = None,
+        custom_vjp: Optional[bool] = None,
     ):
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        reverse = self.reverse if reverse is None else reverse
-        keep_order = self.keep_order if keep_order is None else keep_order
-        inputs = _check_inputs(inputs, time_major)
-        use_dropout = self.dropout_rate > 0.0 and not self.deterministic and len(self.cells) > 1
-        key = rngs.dropout() if (use_dropout and rngs is not None) else None
-        carry, hs = _run(
-            list(self.cells), self.params, inputs, initial_carry, seq_lengths,
-            time_major=time_major, reverse=reverse, keep_order=keep_order,
-            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key,
-        )
-        return (carry, hs) if return_carry else hs
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, reverse=reverse,
+                      keep_order=keep_order, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
+        return _run(list(self.cells), self.params, inputs, initial_carry, seq_lengths,
+                    method=self.method, scan_unroll=self.unroll, dropout=self.dropout_rate,
+                    key=_nnx_dropout_key(self, len(self.cells), rngs), **o)
 
 
 class NNXBidirectional(nnx.Module):
@@ -673,9 +800,10 @@ class NNXBidirectionalStack(nnx.Module):
     ``self.layers`` holds one :class:`NNXRNN` per direction and layer in
     PyTorch's order (layer 0 forward, layer 0 backward, layer 1 forward, ...);
     :attr:`params` returns them as the list of ``(forward, backward)`` pairs
-    :func:`jrnn.bidirectional` takes.  Dropout between layers is drawn from
-    ``rngs.dropout()`` when a call gets ``rngs`` and the module is not in
-    ``eval()`` mode.
+    :func:`jrnn.bidirectional` takes.  Their keys come from one
+    ``rngs.params()``, split as the linen :class:`BidirectionalStack` splits
+    its key.  Dropout between layers is drawn from ``rngs.dropout()`` when a
+    call gets ``rngs`` and the module is not in ``eval()`` mode.
 
     Example:
       >>> import jax.numpy as jnp, jrnn
@@ -700,6 +828,8 @@ class NNXBidirectionalStack(nnx.Module):
         time_major: bool = False,
         return_carry: bool = False,
         unroll: int = 1,
+        method: str = "scan",
+        custom_vjp: bool = True,
     ):
         self.cells = _check_pairs(cells)
         self.dropout_rate = check_rate("dropout_rate", dropout_rate)
@@ -707,18 +837,18 @@ class NNXBidirectionalStack(nnx.Module):
         self.time_major = time_major
         self.return_carry = return_carry
         self.unroll = unroll
-        layers, d = [], in_features
-        for cf, cb in self.cells:
-            layers += [NNXRNN(cf, d, rngs=rngs, param_dtype=param_dtype),
-                       NNXRNN(cb, d, rngs=rngs, param_dtype=param_dtype)]
-            d = cf.hidden_size + cb.hidden_size
-        self.layers = nnx.List(layers)
+        self.method = method
+        self.custom_vjp = custom_vjp
+        self.layers = nnx.List([
+            NNXRNN(c, d, rngs=_OneKey(k), param_dtype=param_dtype)
+            for pair in _pair_keys(self.cells, rngs.params(), in_features) for c, k, d in pair
+        ])
 
     @property
     def params(self) -> list:
         """One ``(forward, backward)`` pair of params dicts per layer, in jrnn's layout."""
         ps = [layer.params for layer in self.layers]
-        return [(ps[2 * l], ps[2 * l + 1]) for l in range(len(self.cells))]
+        return [(ps[2 * i], ps[2 * i + 1]) for i in range(len(self.cells))]
 
     def initialize_carry(self, batch_size: int, dtype=jnp.float32) -> list:
         """Zeros of every layer's ``(forward, backward)`` carries."""
@@ -734,13 +864,10 @@ class NNXBidirectionalStack(nnx.Module):
         return_carry: Optional[bool] = None,
         time_major: Optional[bool] = None,
         rngs: Optional[nnx.Rngs] = None,
+        custom_vjp: Optional[bool] = None,
     ):
-        time_major = self.time_major if time_major is None else time_major
-        return_carry = self.return_carry if return_carry is None else return_carry
-        inputs = _check_inputs(inputs, time_major)
-        use_dropout = self.dropout_rate > 0.0 and not self.deterministic and len(self.cells) > 1
-        key = rngs.dropout() if (use_dropout and rngs is not None) else None
-        carry, hs = _run_stack_bidirectional(
-            self.cells, self.params, inputs, initial_carry, seq_lengths, time_major=time_major,
-            unroll_factor=self.unroll, dropout=self.dropout_rate, key=key)
-        return (carry, hs) if return_carry else hs
+        o = _per_call(self, time_major=time_major, return_carry=return_carry, custom_vjp=custom_vjp)
+        inputs = _check_inputs(inputs, o["time_major"])
+        return _run_pairs(self.cells, self.params, inputs, initial_carry, seq_lengths,
+                          method=self.method, scan_unroll=self.unroll, dropout=self.dropout_rate,
+                          key=_nnx_dropout_key(self, len(self.cells), rngs), **o)
