@@ -41,9 +41,10 @@ import optax
 from jrnn.core.cells import Cell, make_cell
 from jrnn.core.gates import ACTIVATIONS
 from jrnn.core.unroll import unroll
-from jrnn.core.validation import check_clip_norm, check_sequence, check_tokens, positive_int
+from jrnn.core.validation import check_sequence, check_tokens, positive_int
 from jrnn.analysis.probes import PROBE_KEY, probed
 from jrnn.models.losses import sequence_loss
+from jrnn.training.step import leaf_names, make_update
 
 Array = jax.Array
 
@@ -69,8 +70,12 @@ __all__ = [
     "lm_loss_fn",
 ]
 
+# The Elman cells go by their activation's name: every activation but the identity
+# (the identity Elman cell is "linear").
+_ELMAN_NAMES = tuple(name for name in ACTIVATIONS if name != "identity")
+
 # The six recurrences the figures compare, by short name.
-CELL_NAMES = ("linear", "tanh", "sigmoid", "relu", "lstm", "gru")
+CELL_NAMES = ("linear",) + _ELMAN_NAMES + ("lstm", "gru")
 
 # The largest value of each activation's derivative: the per-step factor of the bound.
 MAX_DERIVATIVE = {name: a.max_derivative for name, a in ACTIVATIONS.items()}
@@ -84,7 +89,7 @@ def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
       >>> [(c.kind, c.activation) for c in map(lambda n: diagnostics.cell_by_name(n, 4), ("tanh", "lstm"))]
       [('elman', 'tanh'), ('lstm', None)]
     """
-    if name in ("tanh", "sigmoid", "relu"):
+    if name in _ELMAN_NAMES:
         return make_cell("elman", hidden_size, activation=name, **kwargs)
     if name in ("linear", "lstm", "gru"):
         return make_cell(name, hidden_size, **kwargs)
@@ -641,9 +646,9 @@ def lm_information_decay(model, params, tokens: Array, lags: Sequence[int], *,
 
 # ---- exploding gradients: finding the first non-finite value ------------------------
 
-def _leaf_names(tree) -> list[str]:
-    return [jax.tree_util.keystr(path) or "<root>"
-            for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+def _display_names(tree) -> list[str]:
+    """:func:`jrnn.training.step.leaf_names`, with a bare-array tree's one leaf called ``<root>``."""
+    return [name or "<root>" for name in leaf_names(tree)]
 
 
 def nonfinite_leaves(tree) -> list[str]:
@@ -655,7 +660,7 @@ def nonfinite_leaves(tree) -> list[str]:
       >>> diagnostics.nonfinite_leaves({"W": jnp.ones(2), "W_h": jnp.array([1.0, jnp.inf])})
       ["['W_h']"]
     """
-    names = _leaf_names(tree)
+    names = _display_names(tree)
     flags = [bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(tree)]
     return [n for n, ok in zip(names, flags) if not ok]
 
@@ -696,10 +701,12 @@ def watch_training(
 ) -> TrainingTrace:
     """Train with ``optimizer`` and record the loss and the pre-clip gradient norm.
 
-    The jitted step returns the loss, the global gradient norm before
-    clipping and one finiteness flag per parameter, so the first step with a
-    NaN or infinity is reported with the names of the parameters whose
-    gradients broke (and whether the loss itself did).
+    Each step is the training core of ``fit`` (:func:`jrnn.training.step.make_update`,
+    jitted): it returns the loss, the global gradient norm before clipping
+    and one finiteness flag per parameter, so the first step with a NaN or
+    infinity is reported with the names of the parameters whose gradients
+    broke (and whether the loss itself did).  The update is applied as
+    computed (no skipping), so a non-finite step leaves non-finite params.
 
     Args:
       loss_fn: ``(params, batch) -> scalar loss``, e.g. :func:`lm_loss_fn`.
@@ -722,23 +729,13 @@ def watch_training(
       >>> print(trace.first_nonfinite)
       step 2: non-finite loss; non-finite gradient of ['w']
     """
-    clip_norm = check_clip_norm(clip_norm)
-    tx = optimizer if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
-    names = _leaf_names(params)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        gnorm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, gnorm, leaf_ok
-
-    opt_state = tx.init(params)
+    step = jax.jit(make_update(loss_fn, optimizer, clip_norm=clip_norm))
+    names = _display_names(params)
+    opt_state = optimizer.init(params)
     losses, norms, finite, first = [], [], [], None
     for i, batch in enumerate(batches):
-        params, opt_state, loss, gnorm, leaf_ok = step(params, opt_state, batch)
-        loss, gnorm, leaf_ok = float(loss), float(gnorm), np.asarray(leaf_ok)
+        params, opt_state, _, m = step(params, opt_state, batch)
+        loss, gnorm, leaf_ok = float(m["loss"]), float(m["grad_norm"]), np.asarray(m["finite_leaves"])
         ok = math.isfinite(loss) and bool(leaf_ok.all())
         losses.append(loss)
         norms.append(gnorm)

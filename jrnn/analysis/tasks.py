@@ -41,6 +41,7 @@ from jrnn.core.cells import Cell
 from jrnn.core.parallel import associative_unroll, diagonal
 from jrnn.core.unroll import unroll
 from jrnn.core.validation import positive_int
+from jrnn.training.step import make_update
 
 Array = jax.Array
 
@@ -552,7 +553,9 @@ def train_task(
     scales up to the longest sequence of the task) or with forget bias 1
     (``"forget-bias"``).  With ``gradient_evidence`` the result carries
     :func:`hidden_gradients` on 100 held-out sequences for the model before
-    and after training.
+    and after training.  Each step is the training core of ``fit``
+    (:func:`jrnn.training.step.make_update`): the gradient's global norm is
+    clipped to ``clip_norm`` (``None``: no clipping) before the Adam update.
 
     ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
     """
@@ -564,18 +567,19 @@ def train_task(
     cell = task_cell(cell_name, hidden_size, lstm_init=lstm_init, longest=longest)
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = init_task_model(cell, task, k_init)
-    tx = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
-    opt_state = tx.init(params)
+    optimizer = optax.adam(learning_rate)
+    opt_state = optimizer.init(params)
     eval_batch = task.sample(k_eval, eval_size, length)
 
     def loss_fn(params, batch):
         return task.loss(task_outputs(cell, params, batch), batch)
 
+    # The training core of ``fit``: gradient, clipping to ``clip_norm``, Adam.
+    update = make_update(loss_fn, optimizer, clip_norm=clip_norm)
+
     def one_step(carry, key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, task.sample(key, batch_size, length))
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        params, opt_state, _, m = update(*carry, task.sample(key, batch_size, length))
+        return (params, opt_state), m["loss"]
 
     @jax.jit
     def chunk(params, opt_state, keys):

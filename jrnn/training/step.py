@@ -16,7 +16,7 @@ Array = jax.Array
 
 __all__ = [
     "TrainState", "init_train_state", "make_train_step", "make_eval_step", "all_finite",
-    "make_train_epoch", "leaf_names",
+    "make_train_epoch", "leaf_names", "make_update",
 ]
 
 
@@ -84,6 +84,77 @@ def _norm_and_finite_flags(leaves: list) -> tuple[jax.Array, jax.Array]:
     return jnp.sqrt(jnp.sum(sq)), finite_leaves
 
 
+def make_update(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    clip_norm: Optional[float] = None,
+    skip_nonfinite: bool = False,
+    has_aux: bool = False,
+) -> Callable:
+    """Build ``update(params, opt_state, *args) -> (params, opt_state, aux, metrics)``: one optimizer step on any loss.
+
+    The core every jrnn training loop runs (:func:`make_train_step` for
+    language models and ``fit``, :func:`jrnn.diagnostics.watch_training`,
+    :func:`jrnn.tasks.train_task`), so clipping and the non-finite checks
+    are written once.  ``loss_fn(params, *args)`` returns a scalar loss, or
+    ``(loss, aux)`` with ``has_aux`` (``aux`` is ``None`` otherwise); its
+    gradient comes from ``jax.grad``, the gradient's global norm is clipped to
+    ``clip_norm`` (``None``: no clipping) and ``optimizer`` applies the update.
+    ``opt_state`` is ``optimizer.init(params)``: the clipping keeps no state.
+
+    ``metrics``: ``loss``, ``grad_norm`` (global norm *before* clipping),
+    ``finite`` (loss and every gradient finite), ``finite_leaves``
+    (``bool[L]``: each parameter leaf's gradient finite, in
+    ``jax.tree_util.tree_leaves`` order) and ``skipped`` (with
+    ``skip_nonfinite``, a non-finite step leaves ``params`` and
+    ``opt_state`` as they were).
+
+    ``update`` is not compiled: call it under ``jax.jit`` or inside a
+    ``lax.scan``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> update = make_update(lambda p, x: jnp.sum((x * p) ** 2), optax.sgd(0.1), clip_norm=1.0)
+      >>> p, s, _, m = jax.jit(update)(jnp.ones(2), optax.sgd(0.1).init(jnp.ones(2)), 3.0)
+      >>> round(float(m["grad_norm"]), 3), [round(float(v), 4) for v in p]  # 18 sqrt(2), clipped to 1
+      (25.456, [0.9293, 0.9293])
+    """
+    clip_norm = check_clip_norm(clip_norm)
+    # The clipping is the first link of an optax chain.  Its state is empty, so
+    # the caller keeps only ``optimizer``'s state and the chain's state is
+    # assembled from the two inits each step.
+    clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
+    tx = optimizer if clip is None else optax.chain(clip, optimizer)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+    def update(params, opt_state, *args):
+        if has_aux:
+            (loss, aux), grads = value_and_grad(params, *args)
+        else:
+            (loss, grads), aux = value_and_grad(params, *args), None
+        # One flag per parameter leaf, so a non-finite step can name what broke.
+        grad_norm, finite_leaves = _norm_and_finite_flags(jax.tree_util.tree_leaves(grads))
+        finite = jnp.isfinite(loss) & jnp.all(finite_leaves)
+        if clip is None:
+            updates, new_opt_state = tx.update(grads, opt_state, params)
+        else:
+            chain_state = (clip.init(params), opt_state)
+            updates, (_, new_opt_state) = tx.update(grads, chain_state, params)
+        new_params = optax.apply_updates(params, updates)
+        skipped = jnp.zeros((), bool)
+        if skip_nonfinite:
+            skipped = ~finite
+            keep_old = lambda new, old: jnp.where(finite, new, old)
+            new_params = jax.tree_util.tree_map(keep_old, new_params, params)
+            new_opt_state = jax.tree_util.tree_map(keep_old, new_opt_state, opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+                   "finite_leaves": finite_leaves, "skipped": skipped}
+        return new_params, new_opt_state, aux, metrics
+
+    return update
+
+
 def make_train_step(
     model: LanguageModel,
     optimizer: optax.GradientTransformation,
@@ -100,9 +171,9 @@ def make_train_step(
     the loss is :func:`jrnn.sequence_loss` (summed over time, averaged
     over the batch when ``batch_mean``), its gradient comes from ``jax.grad``
     through the scan, the gradient's global norm is clipped to ``clip_norm``
-    and ``optimizer`` applies the update.  The returned carry feeds the next
-    window with its gradient stopped, so backpropagation is truncated at the
-    window boundary.
+    and ``optimizer`` applies the update (all by :func:`make_update`).  The
+    returned carry feeds the next window with its gradient stopped, so
+    backpropagation is truncated at the window boundary.
 
     ``metrics``: ``loss`` (the objective), ``token_nll`` (mean per-token
     cross-entropy; ``exp`` of it is perplexity), ``num_tokens``,
@@ -125,12 +196,6 @@ def make_train_step(
       >>> sorted(m)
       ['finite', 'finite_leaves', 'grad_norm', 'loss', 'num_tokens', 'skipped', 'token_nll']
     """
-    clip_norm = check_clip_norm(clip_norm)
-    # The clipping is the first link of an optax chain.  Its state is empty, so
-    # the TrainState keeps only ``optimizer``'s state (as init_train_state made
-    # it) and the chain's state is assembled from the two inits each step.
-    clip = optax.clip_by_global_norm(clip_norm) if clip_norm is not None else None
-    tx = optimizer if clip is None else optax.chain(clip, optimizer)
     # A key reaches the model only when it has something random to do with it.
     use_dropout = any(getattr(model.config, name, 0.0) > 0 for name in (
         "dropout", "recurrent_dropout", "weight_dropout", "embedding_dropout"))
@@ -141,35 +206,22 @@ def make_train_step(
             key=key if use_dropout else None,
         )
 
+    update = make_update(loss_fn, optimizer, clip_norm=clip_norm,
+                         skip_nonfinite=skip_nonfinite, has_aux=True)
+
     def step(state: TrainState, inputs, targets, carry=None, mask=None):
         key, dropout_key = jax.random.split(state.key)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, inputs, targets, carry, mask, dropout_key
-        )
-        # One flag per parameter leaf, so a non-finite step can name what broke.
-        grad_norm, finite_leaves = _norm_and_finite_flags(jax.tree_util.tree_leaves(grads))
-        finite = jnp.isfinite(loss) & jnp.all(finite_leaves)
-        if clip is None:
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        else:
-            chain_state = (clip.init(state.params), state.opt_state)
-            updates, (_, opt_state) = tx.update(grads, chain_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        skipped = jnp.zeros((), bool)
-        if skip_nonfinite:
-            skipped = ~finite
-            keep_old = lambda new, old: jnp.where(finite, new, old)
-            params = jax.tree_util.tree_map(keep_old, params, state.params)
-            opt_state = jax.tree_util.tree_map(keep_old, opt_state, state.opt_state)
+        params, opt_state, aux, m = update(
+            state.params, state.opt_state, inputs, targets, carry, mask, dropout_key)
         num = jnp.maximum(aux.num_tokens, 1)
         metrics = {
-            "loss": loss,
+            "loss": m["loss"],
             "token_nll": jnp.sum(aux.losses) / num,
             "num_tokens": aux.num_tokens,
-            "grad_norm": grad_norm,
-            "finite": finite,
-            "finite_leaves": finite_leaves,
-            "skipped": skipped,
+            "grad_norm": m["grad_norm"],
+            "finite": m["finite"],
+            "finite_leaves": m["finite_leaves"],
+            "skipped": m["skipped"],
         }
         new_state = TrainState(params, opt_state, state.step + 1, key)
         # Truncated BPTT: the next window starts from this carry, not through it.
@@ -244,7 +296,9 @@ def make_eval_step(model: LanguageModel, *, jit: bool = True) -> Callable:
     with, so reported perplexities never depend on it.
     """
     if getattr(model.config, "output_precision", "float32") != "float32":
-        model = model._replace(config=model.config._replace(output_precision="float32"))
+        config = model.config  # a ModelConfig, or a user model's own NamedTuple
+        with_f32 = getattr(config, "replace", None) or config._replace
+        model = model._replace(config=with_f32(output_precision="float32"))
 
     def eval_step(params, inputs, targets, carry=None, mask=None):
         loss, aux = sequence_loss(model, params, inputs, targets, carry, mask=mask)
