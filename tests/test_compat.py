@@ -1,10 +1,8 @@
-"""The 0.1 API still works for one release (with DeprecationWarnings), and protocols are typed fields."""
+"""The 0.1 compatibility layer is gone (removed in 0.3), and protocols are typed fields."""
 
-import importlib
 import json
 import subprocess
 import sys
-import warnings
 
 import chex
 import jax
@@ -16,102 +14,60 @@ import jrnn
 from jrnn.analysis import diagnostics as dg
 from jrnn.core import parallel
 
-# Every name in jrnn.__all__ of the first release (0.1.0).
-FIRST_RELEASE = [
-    "ACTIVATIONS", "CELL_KINDS", "Cell", "LSTMCarry", "LanguageModel", "LMConfig", "LossAux",
-    "NNLMConfig", "TrainState", "all_finite", "diagnostics", "auto_unroll", "distributed", "elman",
-    "fused", "gru", "init_train_state", "interop", "keep_host_memory", "linear", "log_prob", "lstm",
-    "make_cell", "make_eval_step", "make_train_epoch", "make_train_step", "next_token_log_probs",
-    "nnlm", "parallel", "reference", "remat", "reverse_within_lengths", "rnn_lm", "sequence_loss",
-    "tasks", "token_log_probs", "unroll",
-]
-DEPRECATED_NAMES = {"ACTIVATIONS", "auto_unroll", "fused", "keep_host_memory"}
-
-# Old module -> (a name it held, the module that holds it now).
-OLD_MODULES = {
-    "jrnn.cells": ("make_cell", "jrnn.core.cells"),
-    "jrnn.fused": ("lstm_sequence", "jrnn.core.backward"),
-    "jrnn.unrolling": ("reverse_within_lengths", "jrnn.core.masking"),
-    "jrnn.lm": ("sequence_loss", "jrnn.models.losses"),
-    "jrnn.train": ("make_train_step", "jrnn.training.step"),
-    "jrnn.trainer": ("evaluate", "jrnn.training.loop"),
-    "jrnn.checkpoint": ("save", "jrnn.training.checkpoint"),
-    "jrnn.runtime": ("keep_host_memory", "jrnn.training.runtime"),
-    "jrnn.plots": ("sweep_figure", "jrnn.analysis.plots"),
-    "jrnn.flax": ("RNN", "jrnn.interop.flax"),
-    "jrnn.cli_tools": ("tasks_main", "jrnn.cli.tools"),
-    "jrnn.diagnostics": ("grad_flow", "jrnn.analysis.diagnostics"),
-    "jrnn.tasks": ("adding_problem", "jrnn.analysis.tasks"),
-    "jrnn.parallel": ("diagonal", "jrnn.core.parallel"),
-    "jrnn.distributed": ("make_mesh", "jrnn.training.distributed"),
-}
+# The first release's module paths, removed in 0.3 (CHANGELOG.md says where their names are).
+OLD_MODULES = ["jrnn.cells", "jrnn.fused", "jrnn.unrolling", "jrnn.lm", "jrnn.train", "jrnn.trainer",
+               "jrnn.checkpoint", "jrnn.runtime", "jrnn.plots", "jrnn.flax", "jrnn.cli_tools"]
+# Names of the first release's ``jrnn.*`` that moved, removed in 0.3.
+OLD_NAMES = ["ACTIVATIONS", "auto_unroll", "fused", "keep_host_memory"]
 
 
-@pytest.mark.parametrize("name", FIRST_RELEASE)
-def test_every_first_release_name_still_imports_from_jrnn(name):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = getattr(jrnn, name)
-    assert value is not None
-    warned = [w for w in caught if issubclass(w.category, DeprecationWarning)]
-    assert bool(warned) == (name in DEPRECATED_NAMES), [str(w.message) for w in warned]
+def test_old_module_paths_are_gone():
+    """No import hook is left: each 0.1 module path fails to import in a fresh process."""
+    code = "\n".join([
+        "import importlib, json, sys",
+        "import jrnn",
+        "out = {}",
+        f"for old in {OLD_MODULES!r}:",
+        "    try:",
+        "        importlib.import_module(old)",
+        "        out[old] = 'imported'",
+        "    except ModuleNotFoundError:",
+        "        out[old] = 'gone'",
+        "print(json.dumps([out, [type(f).__name__ for f in sys.meta_path]]))",
+    ])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got, finders = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {old: "gone" for old in OLD_MODULES}
+    assert "_OldPaths" not in finders
 
 
-def test_old_module_paths_import_with_a_warning():
-    """Each 0.1 module path imports in a fresh process, warns, and gives the new objects."""
-    lines = ["import json, warnings", "import jrnn", "out = {}"]
-    for old, (name, new) in sorted(OLD_MODULES.items()):
-        lines += [
-            "with warnings.catch_warnings(record=True) as w:",
-            "    warnings.simplefilter('always')",
-            f"    from {old} import {name} as a",
-            f"from {new} import {name} as b",
-            f"out[{old!r}] = [a is b, [str(x.message) for x in w if x.category is DeprecationWarning]]",
-        ]
-    lines.append("print(json.dumps(out))")
-    r = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True,
-                       check=True)
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    for old, (name, new) in OLD_MODULES.items():
-        same, messages = got[old]
-        assert same, old
-        assert any(old in m and new in m for m in messages), (old, messages)
+def test_research_modules_stay_attributes():
+    from jrnn.analysis import diagnostics, tasks
+
+    assert (jrnn.diagnostics, jrnn.tasks) == (diagnostics, tasks)
 
 
-def test_old_global_norm_and_activations():
-    with pytest.warns(DeprecationWarning):
-        train = importlib.import_module("jrnn.train")
-    assert float(train.global_norm({"a": jnp.array([3.0, 4.0])})) == 5.0
-    with pytest.warns(DeprecationWarning):
-        acts = jrnn.ACTIVATIONS
-    assert float(acts["sigmoid"](jnp.array(0.0))) == 0.5
+@pytest.mark.parametrize("name", OLD_NAMES)
+def test_old_names_are_gone(name):
+    with pytest.raises(AttributeError, match=name):
+        getattr(jrnn, name)
 
 
-def test_old_unroll_values_warn_and_agree():
+def test_old_unroll_argument_is_gone():
     cell = jrnn.linear(3)
-    params = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (9, 2, 2), jnp.float64)
-    for old, new in [(1, dict(method="scan", scan_unroll=1)), (True, dict(method="scan", scan_unroll=True)),
-                     ("auto", dict(method="auto")), ("associative", dict(method="associative")),
-                     ("doubling", dict(method="doubling"))]:
-        with pytest.warns(DeprecationWarning, match="unroll= is deprecated"):
-            got = jrnn.unroll(cell, params, xs, unroll=old)
-        chex.assert_trees_all_close(got, jrnn.unroll(cell, params, xs, **new), atol=1e-12)
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="unroll must be"):
-        jrnn.unroll(cell, params, xs, unroll="sideways")
-    with pytest.warns(DeprecationWarning, match="rnn_lm"):
-        model = jrnn.rnn_lm(11, embed_size=4, hidden_size=4, num_layers=1, unroll=2)
-    assert (model.config.method, model.config.scan_unroll) == ("scan", 2)
-    with pytest.warns(DeprecationWarning):
-        assert jrnn.auto_unroll("cpu") == 1
+    params = cell.init(jax.random.PRNGKey(0), 2)
+    with pytest.raises(TypeError, match="unroll"):
+        jrnn.unroll(cell, params, jnp.ones((4, 2, 2)), unroll=1)
+    with pytest.raises(TypeError, match="unroll"):
+        jrnn.rnn_lm(11, embed_size=4, hidden_size=4, num_layers=1, unroll=2)
 
 
-def test_old_interop_names_warn():
-    with pytest.warns(DeprecationWarning, match="jrnn.interop.torch.from_torch"):
-        from_torch = jrnn.interop.from_torch
-    from jrnn.interop import torch as jt
+def test_old_interop_names_are_gone():
+    import jrnn.interop
 
-    assert from_torch is jt.from_torch
+    for name in ("from_torch", "to_torch", "carry_from_torch", "carry_to_torch"):
+        with pytest.raises(AttributeError, match=name):
+            getattr(jrnn.interop, name)
 
 
 # ---- protocols are typed fields: wrappers keep a cell usable everywhere ----------------

@@ -23,13 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jrnn"
 ALLOWED = {
     "reference": set(),
     "data": set(),
-    "compat": set(),
     "core": {"core"},
     "models": {"core", "models"},
     "training": {"core", "models", "data", "training"},
     "analysis": {"core", "models", "data", "training", "analysis"},
-    "interop": {"core", "interop", "compat"},
-    "top": {"core", "models", "training", "compat"},
+    "interop": {"core", "interop"},
+    "top": {"core", "models", "training"},
     "cli": {"reference", "data", "core", "models", "training", "analysis", "interop", "top", "cli"},
 }
 
@@ -51,8 +50,7 @@ def _layer(module: str) -> str:
         return "top"
     if module == "jrnn.__main__":
         return "cli"
-    head = module.split(".")[1]
-    return {"_compat": "compat"}.get(head, head)
+    return module.split(".")[1]
 
 
 def _resolve(name: str) -> str:
