@@ -25,19 +25,17 @@ and no jrnn import hidden in a function body):
 The public API is ``jrnn.*``.  Research modules (``jrnn.diagnostics``,
 ``jrnn.tasks``, ``jrnn.parallel``, ``jrnn.distributed``, ``jrnn.interop``)
 are loaded when first used.  The first release's module paths
-(``jrnn.cells``, ``jrnn.fused``, ...) still import, with a
-``DeprecationWarning``; see ``CHANGELOG.md``.
+(``jrnn.cells``, ``jrnn.fused``, ...) were removed in 0.3; ``CHANGELOG.md``
+says where each of their names lives now.
 """
 
 import importlib as _importlib
 
-from jrnn import _compat
 from jrnn.core.cells import CELL_KINDS, Cell, elman, gru, linear, lstm, make_cell, remat
-from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import reverse_within_lengths
 from jrnn.core.unroll import bidirectional, unroll
-from jrnn.models.lm import LanguageModel, LMConfig, NNLMConfig, nnlm, rnn_lm
+from jrnn.models.lm import LanguageModel, ModelConfig, build_model, nnlm, rnn_lm
 from jrnn.models.losses import (
     LossAux,
     log_prob,
@@ -56,8 +54,6 @@ from jrnn.training.step import (
 
 __version__ = "0.2.0"
 
-_compat.install()
-
 # Loaded on first use: ``jrnn.diagnostics`` is jrnn.analysis.diagnostics, and so on.
 _LAZY = {
     "reference": "jrnn.reference",
@@ -75,19 +71,16 @@ _LAZY = {
 }
 
 
-def _old_activations():
-    return {name: a.fn for name, a in _ACTIVATIONS.items()}
-
-
-# Names of the first release that moved: (where they are now, how to get them).
-_DEPRECATED = {
-    "fused": ("jrnn.core.backward", lambda: _importlib.import_module("jrnn.core.backward")),
-    "keep_host_memory": ("jrnn.training.runtime.keep_host_memory",
-                         lambda: _importlib.import_module("jrnn.training.runtime").keep_host_memory),
-    "auto_unroll": ("jrnn.core.select.choose_method",
-                    lambda: _importlib.import_module("jrnn.core.unroll").auto_unroll),
-    "ACTIVATIONS": ("jrnn.core.gates.ACTIVATIONS (entries are now (fn, derivative, max_derivative))",
-                    _old_activations),
+# The training loop's names, loaded with it on first use: ``jrnn.fit`` is
+# jrnn.training.fit.fit, ``jrnn.TrainConfig`` jrnn.training.config.TrainConfig.
+_LAZY_NAMES = {
+    "fit": "jrnn.training.fit",
+    "Callbacks": "jrnn.training.fit",
+    "FitResult": "jrnn.training.fit",
+    "FitError": "jrnn.training.fit",
+    "NonFiniteError": "jrnn.training.fit",
+    "TrainConfig": "jrnn.training.config",
+    "PRESETS": "jrnn.training.config",
 }
 
 
@@ -96,12 +89,10 @@ def __getattr__(name: str):
         module = _importlib.import_module(_LAZY[name])
         globals()[name] = module
         return module
-    if name in _DEPRECATED:
-        where, get = _DEPRECATED[name]
-        _compat.deprecated(f"jrnn.{name} is deprecated; use {where}")
-        return get()
-    if name in _compat._SHIMS:  # an old module path used as an attribute, e.g. jrnn.train
-        return _importlib.import_module(f"jrnn.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(_importlib.import_module(_LAZY_NAMES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'jrnn' has no attribute {name!r}")
 
 
@@ -111,15 +102,22 @@ def __dir__():
 
 __all__ = [
     "CELL_KINDS",
+    "Callbacks",
     "Cell",
+    "FitError",
+    "FitResult",
+    "NonFiniteError",
+    "PRESETS",
+    "TrainConfig",
+    "fit",
     "LSTMCarry",
     "LanguageModel",
-    "LMConfig",
+    "ModelConfig",
     "LossAux",
-    "NNLMConfig",
     "TrainState",
     "all_finite",
     "bidirectional",
+    "build_model",
     "diagnostics",
     "distributed",
     "elman",

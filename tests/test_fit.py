@@ -19,7 +19,7 @@ from jrnn.training.fit import Callbacks, FitError, NonFiniteError, fit
 
 SENTENCES = ["john is driving a car", "mary is driving a truck", "john is feeding a cat",
              "mary is feeding a dog"]
-TINY = dict(cell="lstm", layers=1, embed_size=8, hidden_size=8, batch_size=4, bptt=6,
+TINY = dict(cell="lstm", num_layers=1, embed_size=8, hidden_size=8, batch_size=4, bptt=6,
             optimizer="adam", lr=0.02, epochs=2)
 TINY_ARGS = ["--cell", "lstm", "--layers", "1", "--embed-size", "8", "--hidden-size", "8",
              "--batch-size", "4", "--bptt", "6", "--optimizer", "adam", "--lr", "0.02", "--quiet"]
@@ -73,7 +73,7 @@ def test_config_is_one_frozen_object():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     for bad in (dict(lr=float("nan")), dict(lr=float("inf")), dict(init_scale=float("nan")),
                 dict(clip=-1.0), dict(clip=float("nan")), dict(lr_decay=-0.5), dict(lr_decay=1.5),
-                dict(dropout=1.0), dict(hidden_size=0), dict(epochs=-1), dict(unroll=0),
+                dict(dropout=1.0), dict(hidden_size=0), dict(epochs=-1), dict(scan_unroll=0),
                 dict(optimizer="rmsprop"), dict(nope=1)):
         with pytest.raises(ConfigError):
             cfg.replace(**bad)
@@ -102,7 +102,7 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
 
 
 def test_nonfinite_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = DEFAULT.replace(cell="elman", activation="relu", layers=1, embed_size=8, hidden_size=8,
+    config = DEFAULT.replace(cell="elman", activation="relu", num_layers=1, embed_size=8, hidden_size=8,
                              batch_size=4, bptt=6, optimizer="sgd", lr=1e4, clip=0.0, epochs=1)
     out = str(tmp_path / "nan")
     with pytest.raises(NonFiniteError) as info:

@@ -9,7 +9,8 @@ import pytest
 import jrnn
 from jrnn.cli import main
 from jrnn.training.config import DEFAULT, ConfigError
-from jrnn.training.fit import build_model, estimate_bytes
+from jrnn.models.lm import build_model
+from jrnn.training.fit import estimate_bytes
 
 V, E, H, P, L = 23, 5, 8, 3, 2
 
@@ -45,10 +46,10 @@ def test_rnn_lm_with_projections_gradients_equal_autodiff():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(cell="gru", proj_size=3), "proj_size is for LSTM cells"),
+    (dict(cell="gru", proj_size=3), "proj_size is for the LSTM"),
     (dict(proj_size=8), "smaller than hidden_size"),
     (dict(proj_size=0), "proj_size must be"),
-    (dict(proj_size=3, tie_embeddings=True), "embed_size == proj_size"),
+    (dict(proj_size=3, tie_embeddings=True), "embed_size equal to proj_size"),
 ])
 def test_rnn_lm_refuses_bad_projections(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -56,10 +57,10 @@ def test_rnn_lm_refuses_bad_projections(kwargs, match):
 
 
 def test_train_config_and_cli_take_proj_size(tmp_path, capsys):
-    cfg = DEFAULT.replace(hidden_size=16, embed_size=8, proj_size=8, tie=True)
-    model = build_model(cfg, 30)
+    cfg = DEFAULT.replace(hidden_size=16, embed_size=8, proj_size=8, tie_embeddings=True)
+    model = build_model(cfg.model, 30)
     assert model.init(jax.random.PRNGKey(0))["layers"][0]["W_hr"].shape == (16, 8)
-    assert estimate_bytes(cfg, 30) < estimate_bytes(cfg.replace(proj_size=None, tie=False,
+    assert estimate_bytes(cfg, 30) < estimate_bytes(cfg.replace(proj_size=None, tie_embeddings=False,
                                                                 embed_size=16), 30)
     with pytest.raises(ConfigError, match="proj_size is for the LSTM"):
         DEFAULT.replace(cell="elman", proj_size=4)
@@ -74,5 +75,5 @@ def test_train_config_and_cli_take_proj_size(tmp_path, capsys):
     from jrnn.training.fit import load_for_inference
 
     _, params, _, meta = load_for_inference(out)
-    assert meta["config"]["proj_size"] == 8
+    assert meta["config"]["model"]["proj_size"] == 8
     assert params["layers"][0]["W_hr"].shape == (16, 8)

@@ -76,7 +76,7 @@ def test_auto_picks_bf16_only_on_cpus_that_multiply_it_in_hardware():
     with pytest.raises(ValueError, match="output_precision must be one of"):
         jrnn.rnn_lm(30, output_precision="fp8")
     with pytest.raises(ConfigError, match="output_precision must be one of"):
-        TrainConfig(output_precision="half")
+        TrainConfig().replace(output_precision="half")
 
 
 def test_training_loss_uses_bf16_but_evaluation_stays_float32():

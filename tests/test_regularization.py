@@ -10,7 +10,12 @@ import pytest
 
 import jrnn
 from jrnn.cli import main
-from jrnn.models.lm import _locked_dropout, _recurrent_dropout
+from jrnn.core.masking import dropout
+from jrnn.models.lm import _recurrent_dropout
+
+
+def _locked_dropout(key, rate, x):
+    return dropout(key, rate, x, shared_axes=(0,))
 
 V, B, T = 13, 3, 6
 OPTIONS = dict(variational=True, recurrent_dropout=0.3, weight_dropout=0.4, embedding_dropout=0.2)

@@ -71,14 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS))
     t.add_argument("--cell", choices=list(CELLS))
     t.add_argument("--activation", choices=list(ACTIVATIONS))
-    t.add_argument("--layers", type=int)
+    t.add_argument("--layers", "--num-layers", dest="num_layers", type=int)
     t.add_argument("--embed-size", type=int)
     t.add_argument("--hidden-size", type=int)
     t.add_argument("--proj-size", type=int,
                    help="LSTM with projections: each layer outputs this many features (< hidden size)")
     t.add_argument("--context-size", type=int, help="NNLM only: words of context")
     t.add_argument("--dropout", type=float)
-    t.add_argument("--tie", action="store_true", default=None, help="tie input and output embeddings")
+    t.add_argument("--tie", "--tie-embeddings", dest="tie_embeddings", action="store_true",
+                   default=None, help="tie input and output embeddings")
     t.add_argument("--variational", action="store_true", default=None,
                    help="--dropout with one mask per sequence, shared over time (Gal & Ghahramani)")
     t.add_argument("--recurrent-dropout", type=float,

@@ -28,12 +28,20 @@ from jrnn.training.runtime import keep_host_memory
 
 # ---- the training config from the options ---------------------------------------
 
-CONFIG_FIELDS = tuple(DEFAULTS)
+CONFIG_FIELDS = tuple(DEFAULTS)  # every option by its one name (the model's included)
 
 
 def _overrides(args) -> dict:
-    """The config fields given on the command line (argparse leaves the others None)."""
-    return {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f, None) is not None}
+    """The config fields given on the command line (argparse leaves the others None).
+
+    ``--unroll auto`` is ``method="auto"``; ``--unroll N`` is ``lax.scan`` unrolled N steps.
+    """
+    given = {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f, None) is not None}
+    unroll = getattr(args, "unroll", None)
+    if unroll is not None:
+        given.update(method="auto", scan_unroll=None) if unroll == "auto" else \
+            given.update(method="scan", scan_unroll=unroll)
+    return given
 
 
 def _positive(name: str, value) -> None:
@@ -79,8 +87,9 @@ class _Progress:
         self.epochs = c.epochs
         print(f"run: {info['run_dir']} | vocab {info['vocab_size']}, train {info['train_tokens']} / "
               f"valid {info['valid_tokens']} / test {info['test_tokens']} tokens", file=sys.stderr)
-        print(f"model: {c.cell} x{c.layers} E{c.embed_size} H{c.hidden_size}"
-              f"{f' P{c.proj_size}' if c.proj_size else ''} "
+        m = c.model
+        print(f"model: {m.cell} x{m.num_layers} E{m.embed_size} H{m.hidden_size}"
+              f"{f' P{m.proj_size}' if m.proj_size else ''} "
               f"({info['params'] / 1e6:.2f}M params) | {c.optimizer} lr {c.lr} clip {c.clip} "
               f"| batch {c.batch_size} bptt {c.bptt} | {info['backend']}"
               + (" | output layer bf16 x bf16 -> f32" if info.get("output_precision") == "bfloat16"

@@ -6,8 +6,8 @@ from jrnn.training.config import DEFAULT, PRESETS, TrainConfig
 
 __all__ = ["PRESETS", "DEFAULT", "DEFAULTS", "TrainConfig", "UserError", "flag"]
 
-# The first release's name for the defaults, as a dict.
-DEFAULTS = DEFAULT.to_dict()
+# The defaults by option name (the model's fields included).
+DEFAULTS = DEFAULT.flat()
 
 
 class UserError(Exception):

@@ -23,7 +23,7 @@ running it; *how* is the ``method`` argument:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ import numpy as np
 from jrnn.core import cudnn, pallas
 from jrnn.core.cells import Cell, sequence_for
 from jrnn.core.gates import LSTMCarry
+from jrnn.core.masking import dropout as drop
 from jrnn.core.masking import reverse_within_lengths, valid_steps
 from jrnn.core.parallel import associative_unroll, is_linear
 from jrnn.core.select import METHODS, choose_method
@@ -39,34 +40,7 @@ from jrnn.core.validation import check_lengths, check_rate, check_sequence, posi
 
 Array = jax.Array
 
-__all__ = ["unroll", "bidirectional", "auto_unroll", "resolve_method", "kernel_fallback_reason"]
-
-_UNSET = object()
-
-
-def auto_unroll(backend: Optional[str] = None) -> int:
-    """Deprecated: the ``lax.scan`` unroll factor ``method="auto"`` picks on ``backend``.
-
-    Use :func:`jrnn.core.select.choose_method`, which also sees the cell and the shape.
-    """
-    warnings.warn("jrnn.auto_unroll is deprecated; use jrnn.core.select.choose_method",
-                  DeprecationWarning, stacklevel=2)
-    return choose_method("*", backend=backend).scan_unroll
-
-
-def _legacy_unroll(value, method: str, scan_unroll):
-    """Map the first release's ``unroll=`` (int, bool, "auto" or an algorithm) to the new arguments."""
-    warnings.warn(
-        "unroll= is deprecated: pass method='scan' | 'associative' | 'doubling' | 'auto' "
-        "and scan_unroll=<int> instead", DeprecationWarning, stacklevel=3)
-    if value == "auto" and not isinstance(value, bool):
-        return "auto", scan_unroll
-    if value in ("associative", "doubling"):
-        return value, scan_unroll
-    if isinstance(value, bool) or isinstance(value, int):
-        return ("scan" if method == "auto" else method), value
-    raise ValueError(
-        f"unroll must be an int, True, 'auto', 'associative' or 'doubling', got {value!r}")
+__all__ = ["unroll", "bidirectional", "over_layers", "resolve_method", "kernel_fallback_reason"]
 
 
 def _check_scan_unroll(scan_unroll):
@@ -217,12 +191,23 @@ def _prepare(xs, input_size: int, time_major: bool, lengths, dropout: float, key
     return xs, lengths, dropout, layer_keys
 
 
-def _between_layers(hs: Array, layer: int, layer_keys, dropout: float) -> Array:
-    """Dropout on a layer's input, for every layer after the first (only with a key)."""
-    if layer == 0 or layer_keys is None:
-        return hs
-    keep = jax.random.bernoulli(layer_keys[layer], 1.0 - dropout, hs.shape)
-    return jnp.where(keep, hs / (1.0 - dropout), 0).astype(hs.dtype)
+def over_layers(run_layer: Callable, xs: Array, carries: Sequence) -> tuple[list, Array]:
+    """The one loop over a stack of layers: layer ``l`` reads layer ``l - 1``'s outputs.
+
+    ``run_layer(l, inputs, carry_l) -> (final_carry_l, outputs)``; returns the
+    final carries (one per layer) and the last layer's outputs.  :func:`unroll`,
+    :func:`bidirectional` and the language model's regularized recurrence
+    each say what one layer does and leave the stacking to this function.
+
+    Example:
+      >>> over_layers(lambda l, xs, c: (c + l, xs * 2), 1.0, [10, 20])
+      ([10, 21], 4.0)
+    """
+    finals, hs = [], xs
+    for layer, carry in enumerate(carries):
+        final, hs = run_layer(layer, hs, carry)
+        finals.append(final)
+    return finals, hs
 
 
 def unroll(
@@ -239,7 +224,6 @@ def unroll(
     key: Optional[Array] = None,
     time_major: bool = True,
     custom_vjp: bool = True,
-    unroll: Any = _UNSET,
 ):
     """Run a cell, or a stack of cells, over a whole sequence.
 
@@ -273,7 +257,6 @@ def unroll(
         when it has one and there are no ``lengths``; ``False`` differentiates
         the scan with autodiff (needed for forward-mode ``jax.jvp`` /
         ``jax.jacfwd``).  The values are the same.
-      unroll: deprecated; the first release's mix of ``scan_unroll`` and ``method``.
 
     Returns:
       ``(final_carry, outputs)``: the carry after the last (valid) step -- a list
@@ -289,8 +272,6 @@ def unroll(
       >>> hs.shape, bool((hs[4:, 1] == 0).all())
       ((6, 2, 8), True)
     """
-    if unroll is not _UNSET:
-        method, scan_unroll = _legacy_unroll(unroll, method, scan_unroll)
     scan_unroll = _check_scan_unroll(scan_unroll)
     stacked = not isinstance(cell, Cell)
     cells = list(cell) if stacked else [cell]
@@ -307,17 +288,18 @@ def unroll(
         xs, params_list[0]["W"].shape[0], time_major, lengths, dropout, key, len(cells))
     T, B, _ = xs.shape
 
-    finals = []
-    hs = xs
-    for layer, (c, p, c0) in enumerate(zip(cells, params_list, carries)):
-        hs = _between_layers(hs, layer, layer_keys, dropout)
-        where = f"layer {layer}" if stacked else "the cell"
+    def layer(i, hs, c0):
+        c, p = cells[i], params_list[i]
+        if i > 0 and layer_keys is not None:
+            hs = drop(layer_keys[i], dropout, hs)
+        where = f"layer {i}" if stacked else "the cell"
         c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
         m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
                             where=where, traced=isinstance(hs, jax.core.Tracer))
-        final, hs = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
-        finals.append(final)
+        return _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
+
+    finals, hs = over_layers(layer, xs, carries)
     if not time_major:
         hs = jnp.swapaxes(hs, 0, 1)
     return (finals if stacked else finals[0]), hs
@@ -399,26 +381,26 @@ def bidirectional(
         xs, params_list[0][0]["W"].shape[0], time_major, lengths, dropout, key, len(cells))
     T, B, _ = xs.shape
 
-    finals = []
-    hs = xs
-    for layer, (pair, p_pair, c_pair) in enumerate(zip(cells, params_list, carries)):
-        hs = _between_layers(hs, layer, layer_keys, dropout)
+    def layer(i, hs, c_pair):
+        if i > 0 and layer_keys is not None:
+            hs = drop(layer_keys[i], dropout, hs)
         outs, layer_finals = [], []
-        for c, p, c0, reverse in zip(pair, p_pair, c_pair, (False, True)):
+        for c, p, c0, reverse in zip(cells[i], params_list[i], c_pair, (False, True)):
             if p["W"].shape[0] != hs.shape[-1]:
                 raise ValueError(
-                    f"layer {layer}: W reads {p['W'].shape[0]} features but its input has "
+                    f"layer {i}: W reads {p['W'].shape[0]} features but its input has "
                     f"{hs.shape[-1]} (layers after the first read 2H: both directions)")
             direction = "backward" if reverse else "forward"
-            c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {layer} ({direction})")
+            c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {i} ({direction})")
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
             m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
-                                where=f"layer {layer}", traced=isinstance(hs, jax.core.Tracer))
+                                where=f"layer {i}", traced=isinstance(hs, jax.core.Tracer))
             final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
             outs.append(out)
             layer_finals.append(final)
-        finals.append(tuple(layer_finals))
-        hs = jnp.concatenate(outs, axis=-1)
+        return tuple(layer_finals), jnp.concatenate(outs, axis=-1)
+
+    finals, hs = over_layers(layer, xs, carries)
     if not time_major:
         hs = jnp.swapaxes(hs, 0, 1)
     return finals, hs

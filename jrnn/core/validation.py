@@ -28,6 +28,7 @@ from jax.experimental import checkify
 Array = jax.Array
 
 __all__ = [
+    "ConfigError",
     "positive_int",
     "is_concrete",
     "check_tokens",
@@ -75,6 +76,10 @@ def checked(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return checkify.checkify(traced, errors=checkify.user_checks)
+
+
+class ConfigError(ValueError):
+    """An option of a model or a training run out of range; the message starts with its name."""
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

@@ -27,80 +27,43 @@ xs: float[T, B, E], carry=None, *, lengths=None, key=None, cells=None) ->
 inputs; ``cells`` may replace the model's own, e.g. with probed cells) and
 ``readout(params) -> (W_out [H, V], b_out [V])``.
 
+Both models are built from one :class:`~jrnn.models.config.ModelConfig`
+(:func:`build_model`; ``rnn_lm`` and ``nnlm`` make it from their keyword
+arguments), which the model keeps as ``config``.  Equal configurations give
+the same model object: a value, equal and hashable, so ``jax.jit`` compiles
+once for it.  The pieces of each model are module-level functions bound to
+the configuration, so each can be read on its own.
+
 Token arrays are batch-major ``[B, T]`` here; the recurrence itself runs
 time-major inside :func:`jrnn.unroll`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
-from jrnn.core.cells import CELL_KINDS, Cell, interned, make_cell
+from jrnn.core.cells import Cell, interned, make_cell
 from jrnn.core.cells import remat as remat_cell
-from jrnn.core.select import METHODS, PRECISIONS, output_matmul_dtype
+from jrnn.core.masking import dropout as drop
+from jrnn.core.select import output_matmul_dtype
+from jrnn.core.unroll import over_layers
 from jrnn.core.unroll import unroll as unroll_cells
-from jrnn.core.validation import check_rate, check_tokens, positive_int
+from jrnn.core.validation import ConfigError, check_tokens
+from jrnn.models.config import ModelConfig
 
 Array = jax.Array
 
 __all__ = [
-    "LMConfig",
-    "NNLMConfig",
+    "ModelConfig",
     "LanguageModel",
+    "build_model",
     "rnn_lm",
     "nnlm",
 ]
-
-
-class LMConfig(NamedTuple):
-    """Configuration of an RNN language model (hashable: safe as a jit static).
-
-    ``init_scale=None`` keeps each cell's default init (U(+-1/sqrt(H)), as
-    PyTorch) and U(+-0.1) for the embedding and output layer; a number ``s``
-    draws every parameter from U(-s, s), as Zaremba et al. do.
-    """
-
-    vocab_size: int
-    cell: str = "lstm"
-    activation: str = "tanh"
-    embed_size: int = 200
-    hidden_size: int = 200
-    num_layers: int = 2
-    dropout: float = 0.0
-    tie_embeddings: bool = False
-    init_scale: Optional[float] = None
-    forget_bias: float = 0.0
-    method: str = "auto"
-    remat: bool = False
-    custom_vjp: bool = True
-    scan_unroll: Optional[int] = None
-    variational: bool = False
-    recurrent_dropout: float = 0.0
-    weight_dropout: float = 0.0
-    embedding_dropout: float = 0.0
-    proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
-    # Operand dtype of the output layer's matmuls ("float32" or "bfloat16"; rnn_lm resolves
-    # "auto").
-    output_precision: str = "float32"
-
-
-class NNLMConfig(NamedTuple):
-    """Configuration of the fixed-window feed-forward NNLM (Bengio et al., 2003).
-
-    ``context_size`` is n - 1 for an n-gram model: how many previous words
-    the network sees.
-    """
-
-    vocab_size: int
-    context_size: int = 4
-    embed_size: int = 100
-    hidden_size: int = 200
-    dropout: float = 0.0
-    init_scale: float = 0.1
-    custom_vjp: bool = True
 
 
 class LanguageModel(NamedTuple):
@@ -119,25 +82,61 @@ class LanguageModel(NamedTuple):
     readout: Optional[Callable[[dict], tuple]] = None
 
 
-def _dropout(key, rate: float, x: Array) -> Array:
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+def build_model(config: ModelConfig, vocab_size: Optional[int] = None) -> LanguageModel:
+    """The language model ``config`` describes, for ``vocab_size`` words (or ``config.vocab_size``).
+
+    ``output_precision="auto"`` is resolved here, so the model's
+    ``config.output_precision`` says which precision it runs.  Equal
+    configurations give the same model.
+
+    Example:
+      >>> import jrnn
+      >>> from jrnn.models.config import ModelConfig
+      >>> cfg = ModelConfig(cell="gru", embed_size=8, hidden_size=8, num_layers=1)
+      >>> model = build_model(cfg, 50)
+      >>> model.config.vocab_size, model is build_model(cfg, 50)
+      (50, True)
+    """
+    if vocab_size is not None:
+        config = config.replace(vocab_size=vocab_size)
+    if config.vocab_size is None:
+        raise ConfigError("vocab_size is needed to build a model: build_model(config, vocab_size)")
+    if config.output_precision == "auto":
+        weights = None if config.cell == "nnlm" else config.out_size * config.vocab_size
+        config = config.replace(output_precision="float32" if weights is None else
+                                output_matmul_dtype(output_weights=weights).dtype)
+    return _build(config)
 
 
-def _locked_dropout(key, rate: float, x: Array) -> Array:
-    """Dropout on time-major ``x: [T, B, F]`` with one mask per sequence, shared over time."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, (1, *x.shape[1:]))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+@interned
+def _build(config: ModelConfig) -> LanguageModel:
+    return _nnlm_model(config) if config.cell == "nnlm" else _rnn_model(config)
+
+
+def _uniform(key, shape, scale, dtype):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+
+# ---- the RNN language model ----------------------------------------------------------
+
+
+def _layer_cells(config: ModelConfig) -> tuple:
+    """The cell of each layer: ``num_layers`` cells of the kind named, or the cells given."""
+    if isinstance(config.cell, str):
+        one = make_cell(config.cell, config.hidden_size, activation=config.activation,
+                        forget_bias=config.forget_bias, init_scale=config.init_scale,
+                        proj_size=config.proj_size)
+        cells = (one,) * config.num_layers
+    elif isinstance(config.cell, Cell):
+        cells = (config.cell,) * config.num_layers
+    else:
+        cells = config.cell
+    return tuple(remat_cell(c) for c in cells) if config.remat else cells
 
 
 def _recurrent_dropout(cell, key, rate: float, batch: int, dtype):
     """``cell`` whose step sees ``h_{t-1}`` times one mask per sequence (variational)."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, (batch, cell.hidden_size))
-    mask = jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+    mask = drop(key, rate, jnp.ones((batch, cell.hidden_size), dtype))
 
     def step(params, carry, x):
         masked = carry._replace(h=carry.h * mask) if hasattr(carry, "h") else carry * mask
@@ -148,50 +147,98 @@ def _recurrent_dropout(cell, key, rate: float, batch: int, dtype):
     return cell._replace(step=step)
 
 
-def _uniform(key, shape, scale, dtype):
-    return jax.random.uniform(key, shape, dtype, -scale, scale)
+def _rnn_init(config: ModelConfig, cells: tuple, key: Array, dtype=jnp.float32) -> dict:
+    """Params: ``{"embed": [V, E], "layers": [...], "out": {"W": [H, V], "b": [V]}}``."""
+    V, E, s = config.vocab_size, config.embed_size, config.init_scale
+    k_embed, k_out, *k_layers = jax.random.split(key, 2 + len(cells))
+    inputs = [E] + [c.hidden_size for c in cells[:-1]]  # what each layer reads
+    layers = [c.init(k, d, dtype) for c, k, d in zip(cells, k_layers, inputs)]
+    k_w, k_b = jax.random.split(k_out)
+    scale = 0.1 if s is None else s
+    out = {"b": _uniform(k_b, (V,), scale, dtype) if s is not None else jnp.zeros((V,), dtype)}
+    if not config.tie_embeddings:
+        out["W"] = _uniform(k_w, (cells[-1].hidden_size, V), scale, dtype)
+    return {"embed": _uniform(k_embed, (V, E), scale, dtype), "layers": layers, "out": out}
 
 
-def _output_precision(value: str, output_weights: int) -> str:
-    if value not in PRECISIONS:
-        raise ValueError(f"output_precision must be one of {list(PRECISIONS)}, got {value!r}")
-    return output_matmul_dtype(output_weights=output_weights).dtype if value == "auto" else value
+def _rnn_initial_carry(cells: tuple, batch_size: int, dtype=jnp.float32) -> list:
+    return [c.initial_carry((batch_size,), dtype) for c in cells]
 
 
-def _layer_cells(cell, num_layers, *, hidden_size, activation, forget_bias, init_scale,
-                 proj_size) -> tuple:
-    """The cell of each layer: ``num_layers`` cells of a kind named, or the cells given."""
-    if isinstance(cell, str):
-        if cell not in CELL_KINDS:
-            raise ValueError(f"unknown cell kind {cell!r}; expected one of {list(CELL_KINDS)}")
-        hidden_size = 200 if hidden_size is None else positive_int("hidden_size", hidden_size)
-        if proj_size is not None and (cell != "lstm" or positive_int("proj_size", proj_size)
-                                      >= hidden_size):
-            raise ValueError(f"proj_size is for LSTM cells and must be smaller than hidden_size "
-                             f"({hidden_size}), got {proj_size} with cell {cell!r}")
-        num_layers = positive_int("num_layers", 2 if num_layers is None else num_layers)
-        one = make_cell(cell, hidden_size, activation=activation or "tanh",
-                        forget_bias=forget_bias, init_scale=init_scale, proj_size=proj_size)
-        return (one,) * num_layers
-    cells = (cell,) if isinstance(cell, Cell) else tuple(cell) if isinstance(cell, (list, tuple)) else ()
-    if not cells or not all(isinstance(c, Cell) for c in cells):
-        raise ValueError(f"cell must be a cell kind ({', '.join(CELL_KINDS)}), a jrnn.Cell or a "
-                         f"sequence of them, got {type(cell).__name__}")
-    fixed = {"hidden_size": hidden_size, "activation": activation, "proj_size": proj_size,
-             "forget_bias": forget_bias or None}
-    set_here = [name for name, v in fixed.items() if v is not None]
-    if set_here:
-        verb = "belongs" if len(set_here) == 1 else "belong"
-        raise ValueError(f"{', '.join(set_here)} {verb} to the cell when cells are given; "
-                         f"set them where the cell is made (e.g. jrnn.lstm(H, proj_size=P))")
-    if len(cells) == 1:
-        return cells * positive_int("num_layers", 2 if num_layers is None else num_layers)
-    if num_layers is not None and num_layers != len(cells):
-        raise ValueError(f"num_layers is {num_layers} but {len(cells)} cells were given")
-    return cells
+def _recurrence(config: ModelConfig, own_cells: tuple, params, xs, carry=None, *, lengths=None,
+                key=None, cells=None):
+    """``xs: float[T, B, E]`` embedded inputs -> ``(hs: float[T, B, H], carry)``."""
+    cells = list(own_cells if cells is None else cells)
+    run = functools.partial(unroll_cells, lengths=lengths, method=config.method,
+                            scan_unroll=config.scan_unroll, custom_vjp=config.custom_vjp)
+    if key is None or not (config.variational or config.recurrent_dropout
+                           or config.weight_dropout):
+        carry, hs = run(cells, params["layers"], xs, carry, dropout=config.dropout, key=key)
+        return hs, carry
+    # Layer by layer, with the masks of the regularization options.
+    keys = jax.random.split(key, len(cells))
+
+    def layer(i, hs, c0):
+        c, p = cells[i], params["layers"][i]
+        k_in, k_rec, k_w = jax.random.split(keys[i], 3)
+        if i > 0:
+            hs = drop(k_in, config.dropout, hs, shared_axes=(0,) if config.variational else ())
+        if config.weight_dropout:
+            p = {**p, "W_h": drop(k_w, config.weight_dropout, p["W_h"])}
+        if config.recurrent_dropout:
+            c = _recurrent_dropout(c, k_rec, config.recurrent_dropout, hs.shape[1], hs.dtype)
+        return run(c, p, hs, c0)
+
+    finals, hs = over_layers(layer, xs, [None] * len(cells) if carry is None else list(carry))
+    return hs, finals
 
 
-@interned
+def _readout(config: ModelConfig, params) -> tuple:
+    """The output layer: ``(W_out [H, V], b_out [V])``."""
+    W_out = params["out"]["W"] if not config.tie_embeddings else params["embed"].T
+    return W_out, params["out"]["b"]
+
+
+def _rnn_hidden_states(config: ModelConfig, cells: tuple, params, tokens, carry, lengths, key):
+    tokens = check_tokens(tokens, config.vocab_size)
+    k_in, k_mid, k_out, k_emb = (jax.random.split(key, 4) if key is not None else (None,) * 4)
+    # Whole words dropped: one keep/drop per row of the embedding matrix.
+    embed = drop(k_emb, config.embedding_dropout, params["embed"], shared_axes=(1,))
+    shared = (0,) if config.variational else ()
+    # Gather straight into time-major [T, B, E]: transposing ids is free.
+    xs = drop(k_in, config.dropout, embed[tokens.T], shared_axes=shared)
+    hs, carry = _recurrence(config, cells, params, xs, carry, lengths=lengths, key=k_mid)
+    return drop(k_out, config.dropout, hs, shared_axes=shared), carry
+
+
+def _rnn_features(config, cells, params, tokens, carry=None, *, lengths=None, key=None):
+    """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out [H, V], b_out [V]), carry)``."""
+    hs, carry = _rnn_hidden_states(config, cells, params, tokens, carry, lengths, key)
+    return jnp.swapaxes(hs, 0, 1), _readout(config, params), carry
+
+
+def _rnn_encode(config, cells, params, tokens, lengths=None):
+    """The last layer's hidden state after each sequence's last valid token: ``[B, H]``."""
+    _, carry = _rnn_hidden_states(config, cells, params, tokens, None, lengths, None)
+    return cells[-1].hidden(carry[-1])
+
+
+def _logits(features: Callable, params, tokens, carry=None, *, lengths=None, key=None):
+    """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry)``: the output layer on features."""
+    h, (W_out, b_out), carry = features(params, tokens, carry, lengths=lengths, key=key)
+    return h @ W_out + b_out, carry
+
+
+def _rnn_model(config: ModelConfig) -> LanguageModel:
+    cells = _layer_cells(config)
+    bind = lambda fn: functools.partial(fn, config, cells)
+    features = bind(_rnn_features)
+    apply = functools.partial(_logits, features)
+    return LanguageModel(config, bind(_rnn_init), functools.partial(_rnn_initial_carry, cells),
+                         apply, bind(_rnn_encode), features, features_for=apply, cells=cells,
+                         recurrence=bind(_recurrence), readout=functools.partial(_readout, config))
+
+
 def rnn_lm(
     vocab_size: int,
     *,
@@ -213,7 +260,7 @@ def rnn_lm(
     weight_dropout: float = 0.0,
     embedding_dropout: float = 0.0,
     proj_size: Optional[int] = None,
-    output_precision: str = "float32",
+    output_precision: str = "auto",
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
@@ -230,8 +277,8 @@ def rnn_lm(
 
     ``output_precision`` sets the operand dtype of the output layer's three
     matmuls in :func:`jrnn.sequence_loss`'s chunked path (logits, ``dh``,
-    ``dW``; accumulation, softmax and losses stay float32): ``"float32"``
-    (default), ``"bfloat16"``, or ``"auto"`` -- bfloat16 where the CPU
+    ``dW``; accumulation, softmax and losses stay float32): ``"float32"``,
+    ``"bfloat16"``, or ``"auto"`` (default) -- bfloat16 where the CPU
     multiplies it in hardware and the output layer is large
     (:func:`jrnn.core.select.output_matmul_dtype`), resolved here, so
     ``model.config.output_precision`` says which.
@@ -266,8 +313,7 @@ def rnn_lm(
     after the scan.  With ``tie_embeddings`` the output weights are the
     transposed embedding (needs ``embed_size == hidden_size``).  ``method``
     and ``scan_unroll`` are passed to :func:`jrnn.unroll` (``"auto"``: the
-    choice of :func:`jrnn.core.select.choose_method`; ``unroll`` is the first
-    release's deprecated form of both); ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
+    choice of :func:`jrnn.core.select.choose_method`); ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
     trading time for memory on long sequences.  ``custom_vjp`` (default) uses
     jrnn's hand-written backward passes for the recurrence and for the
     softmax output layer (:mod:`jrnn.core.backward`): the same values and gradients,
@@ -285,125 +331,83 @@ def rnn_lm(
       >>> logits.shape
       (2, 7, 50)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if scan_unroll is not None:
-        scan_unroll = positive_int("scan_unroll", scan_unroll)
-    layer_cells = _layer_cells(cell, num_layers, hidden_size=hidden_size, activation=activation,
-                               forget_bias=forget_bias, init_scale=init_scale, proj_size=proj_size)
-    last = layer_cells[-1]
-    out_size = last.hidden_size  # what the last layer outputs: the output layer's input
-    config = LMConfig(
-        vocab_size, "+".join(dict.fromkeys(c.kind for c in layer_cells)),
-        activation or ("tanh" if isinstance(cell, str) else last.activation or "custom"), embed_size, last.cell_size or out_size,
-        len(layer_cells), check_rate("dropout", dropout), bool(tie_embeddings), init_scale,
-        float(forget_bias), method, bool(remat), bool(custom_vjp), scan_unroll, bool(variational),
-        check_rate("recurrent_dropout", recurrent_dropout),
-        check_rate("weight_dropout", weight_dropout),
-        check_rate("embedding_dropout", embedding_dropout),
-        out_size if last.cell_size else None,
-        _output_precision(output_precision, out_size * vocab_size),
-    )
-    if config.recurrent_dropout and any(c.kind == "gru" for c in layer_cells):
-        raise ValueError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
-                         "reuses h_{t-1} in its update gate, where a mask would change the state")
-    for name in ("vocab_size", "embed_size"):
-        positive_int(name, getattr(config, name))
-    if tie_embeddings and embed_size != out_size:
-        what = "proj_size" if last.cell_size else "hidden_size"
-        raise ValueError(
-            f"tie_embeddings needs embed_size == {what}, got {embed_size} and {out_size}"
-        )
-    if remat:
-        layer_cells = tuple(remat_cell(c) for c in layer_cells)
-    num_layers = len(layer_cells)
-    V, E = vocab_size, embed_size
-    inputs = [E] + [c.hidden_size for c in layer_cells[:-1]]  # what each layer reads
-
-    def init(key: Array, dtype=jnp.float32) -> dict:
-        k_embed, k_out, *k_layers = jax.random.split(key, 2 + num_layers)
-        s = 0.1 if init_scale is None else init_scale
-        layers = [c.init(k, d, dtype) for c, k, d in zip(layer_cells, k_layers, inputs)]
-        k_w, k_b = jax.random.split(k_out)
-        out = {"b": _uniform(k_b, (V,), s, dtype) if init_scale is not None else jnp.zeros((V,), dtype)}
-        if not tie_embeddings:
-            out["W"] = _uniform(k_w, (out_size, V), s, dtype)
-        return {"embed": _uniform(k_embed, (V, E), s, dtype), "layers": layers, "out": out}
-
-    def initial_carry(batch_size: int, dtype=jnp.float32):
-        return [c.initial_carry((batch_size,), dtype) for c in layer_cells]
-
-    regularized = config.variational or config.recurrent_dropout or config.weight_dropout
-
-    def recurrence(params, xs, carry=None, *, lengths=None, key=None, cells=None):
-        """``xs: float[T, B, E]`` embedded inputs -> ``(hs: float[T, B, H], carry)``."""
-        cells = list(layer_cells if cells is None else cells)
-        if key is None or not regularized:
-            carry, hs = unroll_cells(
-                cells, params["layers"], xs, carry, lengths=lengths, method=config.method,
-                scan_unroll=config.scan_unroll, dropout=config.dropout, key=key,
-                custom_vjp=config.custom_vjp,
-            )
-            return hs, carry
-        # Layer by layer, with the masks of the regularization options.
-        carries = [None] * len(cells) if carry is None else list(carry)
-        finals, hs = [], xs
-        for layer, (c, p, c0, k) in enumerate(zip(cells, params["layers"], carries,
-                                                   jax.random.split(key, len(cells)))):
-            k_in, k_rec, k_w = jax.random.split(k, 3)
-            if layer > 0:
-                hs = (_locked_dropout(k_in, config.dropout, hs) if config.variational
-                      else _dropout(k_in, config.dropout, hs))
-            if config.weight_dropout:
-                p = {**p, "W_h": _dropout(k_w, config.weight_dropout, p["W_h"])}
-            if config.recurrent_dropout:
-                c = _recurrent_dropout(c, k_rec, config.recurrent_dropout, hs.shape[1], hs.dtype)
-            final, hs = unroll_cells(c, p, hs, c0, lengths=lengths, method=config.method,
-                                     scan_unroll=config.scan_unroll, custom_vjp=config.custom_vjp)
-            finals.append(final)
-        return hs, finals
-
-    def readout(params):
-        """The output layer: ``(W_out [H, V], b_out [V])``."""
-        W_out = params["out"]["W"] if not tie_embeddings else params["embed"].T
-        return W_out, params["out"]["b"]
-
-    def _hidden_states(params, tokens, carry, lengths, key):
-        tokens = check_tokens(tokens, V)
-        k_in, k_mid, k_out, k_emb = (jax.random.split(key, 4) if key is not None
-                                     else (None,) * 4)
-        embed = params["embed"]
-        if k_emb is not None and config.embedding_dropout:
-            # Whole words: one keep/drop per row of the embedding matrix.
-            keep = jax.random.bernoulli(k_emb, 1.0 - config.embedding_dropout, (embed.shape[0], 1))
-            embed = jnp.where(keep, embed / (1.0 - config.embedding_dropout), 0).astype(embed.dtype)
-        drop = _locked_dropout if config.variational else _dropout
-        # Gather straight into time-major [T, B, E]: transposing ids is free.
-        xs = drop(k_in, config.dropout, embed[tokens.T])
-        hs, carry = recurrence(params, xs, carry, lengths=lengths, key=k_mid)
-        return drop(k_out, config.dropout, hs), carry
-
-    def features(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out [H, V], b_out [V]), carry)``."""
-        hs, carry = _hidden_states(params, tokens, carry, lengths, key)
-        return jnp.swapaxes(hs, 0, 1), readout(params), carry
-
-    def apply(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry)``."""
-        h, (W_out, b_out), carry = features(params, tokens, carry, lengths=lengths, key=key)
-        return h @ W_out + b_out, carry
-
-    def encode(params, tokens, lengths=None):
-        """The last layer's hidden state after each sequence's last valid token: ``[B, H]``."""
-        _, carry = _hidden_states(params, tokens, None, lengths, None)
-        return layer_cells[-1].hidden(carry[-1])
-
-    return LanguageModel(config, init, initial_carry, apply, encode, features,
-                         features_for=apply, cells=layer_cells, recurrence=recurrence,
-                         readout=readout)
+    if isinstance(cell, list):
+        cell = tuple(cell)
+    if isinstance(cell, str) and cell == "nnlm":
+        raise ConfigError("cell 'nnlm' is the fixed-window model: use jrnn.nnlm")
+    try:
+        config = ModelConfig(
+            cell=cell, activation=activation, num_layers=num_layers, embed_size=embed_size,
+            hidden_size=hidden_size, dropout=dropout, tie_embeddings=tie_embeddings,
+            init_scale=init_scale, forget_bias=forget_bias, method=method,
+            scan_unroll=scan_unroll, remat=remat, custom_vjp=custom_vjp, variational=variational,
+            recurrent_dropout=recurrent_dropout, weight_dropout=weight_dropout,
+            embedding_dropout=embedding_dropout, proj_size=proj_size,
+            output_precision=output_precision, vocab_size=vocab_size)
+    except TypeError as e:  # an unhashable value where a hashable one belongs
+        raise ConfigError(str(e)) from None
+    return build_model(config)
 
 
-@interned
+# ---- the fixed-window NNLM -----------------------------------------------------------
+
+
+def _nnlm_init(config: ModelConfig, key: Array, dtype=jnp.float32) -> dict:
+    V, E, H, n = config.vocab_size, config.embed_size, config.hidden_size, config.context_size
+    s = 0.1 if config.init_scale is None else config.init_scale
+    ks = jax.random.split(key, 4)
+    return {
+        "embed": _uniform(ks[0], (V, E), s, dtype),
+        "hidden": {"W": _uniform(ks[1], (n * E, H), s, dtype), "b": jnp.zeros((H,), dtype)},
+        "out": {"W": _uniform(ks[2], (H, V), s, dtype), "b": jnp.zeros((V,), dtype)},
+    }
+
+
+def _nnlm_initial_carry(config: ModelConfig, batch_size: int, dtype=None):
+    del dtype  # the carry holds token ids
+    return jnp.full((batch_size, config.context_size - 1), -1, jnp.int32)
+
+
+def _nnlm_hidden(config: ModelConfig, params, tokens, carry, key):
+    n = config.context_size
+    tokens = check_tokens(tokens, config.vocab_size)
+    B, T = tokens.shape
+    if carry is None:
+        carry = _nnlm_initial_carry(config, B)
+    full = jnp.concatenate([carry.astype(tokens.dtype), tokens], axis=1)  # [B, n-1+T]
+    emb = jnp.where((full >= 0)[..., None], params["embed"][jnp.maximum(full, 0)], 0)
+    # Window t holds words t .. t+n-1 of `full`, i.e. the n words ending at tokens[t].
+    windows = jnp.concatenate([emb[:, k : k + T] for k in range(n)], axis=-1)  # [B, T, n*E]
+    k_in, k_h = jax.random.split(key) if key is not None else (None, None)
+    windows = drop(k_in, config.dropout, windows)
+    h = jnp.tanh(windows @ params["hidden"]["W"] + params["hidden"]["b"])
+    new_carry = full[:, full.shape[1] - (n - 1) :].astype(jnp.int32)
+    return drop(k_h, config.dropout, h), new_carry
+
+
+def _nnlm_features(config, params, tokens, carry=None, *, lengths=None, key=None):
+    """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out, b_out), carry: int[B, n-1])``."""
+    del lengths  # each position only looks back: padding never leaks into valid steps
+    h, carry = _nnlm_hidden(config, params, tokens, carry, key)
+    return h, (params["out"]["W"], params["out"]["b"]), carry
+
+
+def _nnlm_encode(config, params, tokens, lengths=None):
+    """The hidden layer at each sequence's last valid token: ``[B, H]``."""
+    h, _ = _nnlm_hidden(config, params, tokens, None, None)
+    T = h.shape[1]
+    last = (jnp.full((h.shape[0],), T) if lengths is None else jnp.asarray(lengths)) - 1
+    return jnp.take_along_axis(h, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
+
+
+def _nnlm_model(config: ModelConfig) -> LanguageModel:
+    bind = lambda fn: functools.partial(fn, config)
+    features = bind(_nnlm_features)
+    apply = functools.partial(_logits, features)
+    return LanguageModel(config, bind(_nnlm_init), bind(_nnlm_initial_carry), apply,
+                         bind(_nnlm_encode), features, features_for=apply)
+
+
 def nnlm(
     vocab_size: int,
     *,
@@ -434,60 +438,6 @@ def nnlm(
       >>> logits.shape, carry.shape
       ((2, 5, 30), (2, 2))
     """
-    config = NNLMConfig(
-        vocab_size, context_size, embed_size, hidden_size, check_rate("dropout", dropout),
-        init_scale, bool(custom_vjp),
-    )
-    for name in ("vocab_size", "context_size", "embed_size", "hidden_size"):
-        positive_int(name, getattr(config, name))
-    V, E, H, n = vocab_size, embed_size, hidden_size, context_size
-
-    def init(key: Array, dtype=jnp.float32) -> dict:
-        ks = jax.random.split(key, 4)
-        s = init_scale
-        return {
-            "embed": _uniform(ks[0], (V, E), s, dtype),
-            "hidden": {"W": _uniform(ks[1], (n * E, H), s, dtype), "b": jnp.zeros((H,), dtype)},
-            "out": {"W": _uniform(ks[2], (H, V), s, dtype), "b": jnp.zeros((V,), dtype)},
-        }
-
-    def initial_carry(batch_size: int, dtype=None):
-        del dtype  # the carry holds token ids
-        return jnp.full((batch_size, n - 1), -1, jnp.int32)
-
-    def _hidden(params, tokens, carry, key):
-        tokens = check_tokens(tokens, V)
-        B, T = tokens.shape
-        if carry is None:
-            carry = initial_carry(B)
-        full = jnp.concatenate([carry.astype(tokens.dtype), tokens], axis=1)  # [B, n-1+T]
-        emb = jnp.where((full >= 0)[..., None], params["embed"][jnp.maximum(full, 0)], 0)
-        # Window t holds words t .. t+n-1 of `full`, i.e. the n words ending at tokens[t].
-        windows = jnp.concatenate([emb[:, k : k + T] for k in range(n)], axis=-1)  # [B, T, n*E]
-        k_in, k_h = jax.random.split(key) if key is not None else (None, None)
-        windows = _dropout(k_in, config.dropout, windows)
-        h = jnp.tanh(windows @ params["hidden"]["W"] + params["hidden"]["b"])
-        new_carry = full[:, full.shape[1] - (n - 1) :].astype(jnp.int32)
-        return _dropout(k_h, config.dropout, h), new_carry
-
-    def features(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(h: float[B, T, H], (W_out, b_out), carry: int[B, n-1])``."""
-        del lengths  # each position only looks back: padding never leaks into valid steps
-        h, carry = _hidden(params, tokens, carry, key)
-        return h, (params["out"]["W"], params["out"]["b"]), carry
-
-    def apply(params, tokens, carry=None, *, lengths=None, key=None):
-        """``tokens: int[B, T]`` -> ``(logits: float[B, T, V], carry: int[B, n-1])``."""
-        h, (W_out, b_out), carry = features(params, tokens, carry, lengths=lengths, key=key)
-        return h @ W_out + b_out, carry
-
-    def encode(params, tokens, lengths=None):
-        """The hidden layer at each sequence's last valid token: ``[B, H]``."""
-        h, _ = _hidden(params, tokens, None, None)
-        T = h.shape[1]
-        last = (jnp.full((h.shape[0],), T) if lengths is None else jnp.asarray(lengths)) - 1
-        return jnp.take_along_axis(h, jnp.maximum(last, 0)[:, None, None], axis=1)[:, 0]
-
-    return LanguageModel(config, init, initial_carry, apply, encode, features, features_for=apply)
-
-
+    return build_model(ModelConfig(
+        cell="nnlm", context_size=context_size, embed_size=embed_size, hidden_size=hidden_size,
+        dropout=dropout, init_scale=init_scale, custom_vjp=custom_vjp, vocab_size=vocab_size))

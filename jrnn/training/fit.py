@@ -62,7 +62,7 @@ import numpy as np
 import optax
 
 from jrnn.data import Corpus, Vocabulary, batchify, num_windows
-from jrnn.models.lm import LanguageModel, nnlm, rnn_lm
+from jrnn.models.lm import LanguageModel, build_model
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed, runs
 from jrnn.training.config import DEFAULT, ConfigError, TrainConfig
@@ -92,7 +92,6 @@ __all__ = [
     "NonFiniteError",
     "Callbacks",
     "Plan",
-    "build_model",
     "build_plan",
     "resume_config",
     "estimate_bytes",
@@ -165,31 +164,14 @@ class Plan(NamedTuple):
     given: tuple = ()
 
 
-def build_model(config: TrainConfig, vocab_size: int) -> LanguageModel:
-    """The language model a config describes."""
-    if config.cell == "nnlm":
-        return nnlm(vocab_size, context_size=config.context_size, embed_size=config.embed_size,
-                    hidden_size=config.hidden_size, dropout=config.dropout,
-                    init_scale=config.init_scale or 0.1)
-    auto = config.unroll == "auto"
-    return rnn_lm(vocab_size, cell=config.cell, activation=config.activation,
-                  embed_size=config.embed_size, hidden_size=config.hidden_size,
-                  num_layers=config.layers, dropout=config.dropout, tie_embeddings=config.tie,
-                  init_scale=config.init_scale, forget_bias=config.forget_bias,
-                  method="auto" if auto else "scan", scan_unroll=None if auto else config.unroll,
-                  remat=config.remat, variational=config.variational,
-                  recurrent_dropout=config.recurrent_dropout, weight_dropout=config.weight_dropout,
-                  embedding_dropout=config.embedding_dropout, proj_size=config.proj_size,
-                  output_precision=config.output_precision)
-
-
 def build_plan(config: TrainConfig, vocab_size: int, *, model: Optional[LanguageModel] = None,
                optimizer: Optional[optax.GradientTransformation] = None) -> Plan:
     """The :class:`Plan` of a run: ``model`` and ``optimizer`` if given, else what ``config`` builds.
 
-    A model built here uses the configuration's model fields; an optimizer
+    A model built here is the one ``config.model`` describes; an optimizer
     built here is ``config.optimizer`` at ``config.lr`` with Zaremba et al.'s
-    per-epoch decay (``lr_decay``, ``decay_start``).
+    per-epoch decay (``lr_decay``, ``decay_start``).  With a model given,
+    the plan's ``config.model`` is ``None`` (what checkpoints record).
 
     Example:
       >>> import optax
@@ -208,13 +190,20 @@ def build_plan(config: TrainConfig, vocab_size: int, *, model: Optional[Language
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise FitError(f"optimizer must be an optax.GradientTransformation, "
                        f"got {type(optimizer).__name__}")
+    if model is None and config.model is not None and config.model.from_python:
+        model = build_model(config.model, vocab_size)  # no file form: a model from Python
     given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
     epoch_lr = None
     if optimizer is None:
         optimizer = make_optimizer(config.optimizer, config.lr)
         epoch_lr = lambda epoch: zaremba_lr(config.lr, config.lr_decay, config.decay_start, epoch)
     if model is None:
-        model = build_model(config, vocab_size)
+        if config.model is None:
+            raise FitError("the configuration describes no model (model=None): pass model= "
+                           "or a TrainConfig with a ModelConfig")
+        model = build_model(config.model, vocab_size)
+    else:
+        config = config.replace(model=None)
     return Plan(config, model, optimizer, epoch_lr, given)
 
 
@@ -235,7 +224,9 @@ def load_for_inference(path: str):
         raise ckpt.CheckpointError(f"{path}: the saved configuration is invalid ({e})") from None
     except (KeyError, TypeError, ValueError) as e:
         raise ckpt.CheckpointError(f"{path}: header is incomplete ({e})") from None
-    model = build_model(config, len(vocab))
+    if config.model is None:
+        raise ckpt.CheckpointError(f"{path}: its configuration describes no model")
+    model = build_model(config.model, len(vocab))
     if "params" not in raw:
         raise ckpt.CheckpointError(f"{path}: holds no parameters")
     params = ckpt.restore_into(model.init(jax.random.PRNGKey(0)), raw["params"], path)
@@ -253,11 +244,11 @@ def resume_config(saved: TrainConfig, overrides: dict) -> tuple[TrainConfig, lis
     Returns ``(config, notes)``; any other override that differs from the
     saved value is refused with one line naming them.
     """
-    differs = sorted(k for k, v in overrides.items()
-                     if k != "epochs" and getattr(saved, k, None) != v)
+    flat = saved.flat()
+    differs = sorted(k for k, v in overrides.items() if k != "epochs" and flat.get(k) != v)
     if differs:
         raise FitError("--resume restores the saved configuration; these options differ from it: "
-                       + ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {overrides[k]!r})"
+                       + ", ".join(f"{k} (saved {flat.get(k)!r}, given {overrides[k]!r})"
                                    for k in differs))
     notes = []
     epochs = overrides.get("epochs", saved.epochs)
@@ -635,9 +626,10 @@ def fit(
     """Train a language model on ``corpus`` and keep its run in a directory.
 
     Args:
-      config: the run (:class:`~jrnn.training.config.TrainConfig`): it builds
-        the model and the optimizer unless they are given, and always sets
-        ``epochs``, ``batch_size``, ``bptt``, ``seed`` and ``clip``.  ``None``
+      config: the run (:class:`~jrnn.training.config.TrainConfig`): its
+        ``model`` and optimizer fields build the model and the optimizer
+        unless they are given, and it always sets ``epochs``,
+        ``batch_size``, ``bptt``, ``seed`` and ``clip``.  ``None``
         with ``resume`` (the saved one is used; ``overrides`` may lengthen it,
         ``{"epochs": n}``) or with a ``model`` (``DEFAULT``'s loop settings).
       corpus: a :class:`jrnn.data.Corpus` (vocabulary and three id streams).
@@ -713,6 +705,7 @@ def fit(
 
     streams = _check_splits(config, corpus)
     plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
+    config, given = plan.config, plan.given  # no model description when it came from Python
     _check_memory(plan)
     k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
     state = init_train_state(plan.model.init(k_init), plan.optimizer, k_run)

@@ -1,0 +1,225 @@
+"""One frozen description of a language model: :class:`ModelConfig`.
+
+``jrnn.rnn_lm(V, **fields)`` and ``jrnn.nnlm(V, **fields)`` check their
+arguments by making one; :func:`jrnn.models.lm.build_model` builds the model
+one describes; the training configuration holds one
+(``TrainConfig.model``) and so does every checkpoint.  Every field is checked
+when the object is made, once, with one line naming the field.
+
+The names are ``rnn_lm``'s (``num_layers``, ``tie_embeddings``, ``method``,
+``scan_unroll``); the command line spells some of them shorter (``--layers``,
+``--tie``, ``--unroll``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Union
+
+from jrnn.core.cells import CELL_KINDS, Cell
+from jrnn.core.gates import ACTIVATIONS
+from jrnn.core.select import METHODS, PRECISIONS
+from jrnn.core.validation import ConfigError, positive_int
+
+__all__ = ["ModelConfig", "ConfigError", "MODEL_KINDS"]
+
+# What ``ModelConfig.cell`` can name: a recurrent cell kind, or the fixed-window NNLM.
+MODEL_KINDS = CELL_KINDS + ("nnlm",)
+
+
+def _int(name: str, value, minimum: int = 1) -> int:
+    try:
+        return positive_int(name, value, minimum)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _number(name, v, *, low=None, low_open=True, high=None, high_open=False, what="") -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number{what}, got {v!r}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}{what}, got {v!r}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high}{what}, got {v!r}")
+    return v
+
+
+def _rate(name: str, v) -> float:
+    return _number(name, v, low=0.0, low_open=False, high=1.0, high_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A language model: which recurrence, how large, how regularized, how run.
+
+    ``cell`` is a kind (``"lstm"``, ``"gru"``, ``"elman"``, ``"linear"``, or
+    ``"nnlm"`` for the fixed-window model), one :class:`jrnn.Cell` or a tuple
+    of them (one per layer).  With cells given, their sizes are theirs:
+    ``hidden_size``, ``activation`` and ``proj_size`` stay ``None``; with a
+    kind, ``None`` means ``hidden_size=200``, ``activation="tanh"`` (a name
+    or any callable, for ``"elman"``).
+    ``num_layers=None`` means 2 (or one layer per cell given).
+    ``init_scale=None`` keeps each cell's default init (U(+-1/sqrt(H)), as
+    PyTorch) and U(+-0.1) for the embedding and output layer; a number
+    ``s`` draws every parameter from U(-s, s), as Zaremba et al. do.
+    ``output_precision="auto"`` is resolved when the model is built
+    (:func:`jrnn.core.select.output_matmul_dtype`); a built model's
+    ``config`` holds the choice, and its ``vocab_size``.
+
+    Hashable, so a safe ``jax.jit`` static argument.
+
+    Example:
+      >>> cfg = ModelConfig(hidden_size=8, num_layers=1)
+      >>> cfg.cell, cfg.activation, cfg.replace(cell="gru").hidden_size
+      ('lstm', 'tanh', 8)
+      >>> ModelConfig(dropout=1.0)
+      Traceback (most recent call last):
+      ...
+      jrnn.core.validation.ConfigError: dropout must be < 1.0, got 1.0
+    """
+
+    cell: Union[str, Cell, tuple] = "lstm"
+    activation: Optional[str] = None
+    num_layers: Optional[int] = None
+    embed_size: int = 200
+    hidden_size: Optional[int] = None
+    context_size: int = 4  # the NNLM's window: n - 1 previous words
+    dropout: float = 0.0
+    tie_embeddings: bool = False
+    init_scale: Optional[float] = None
+    forget_bias: float = 0.0
+    method: str = "auto"
+    scan_unroll: Optional[int] = None
+    remat: bool = False
+    custom_vjp: bool = True
+    variational: bool = False
+    recurrent_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
+    output_precision: str = "auto"
+    vocab_size: Optional[int] = None  # set by the model built from it
+
+    def __post_init__(self):
+        for name in ("dropout", "recurrent_dropout", "weight_dropout", "embedding_dropout"):
+            object.__setattr__(self, name, float(_rate(name, getattr(self, name))))
+        for name in ("embed_size", "context_size"):
+            _int(name, getattr(self, name))
+        if self.vocab_size is not None:
+            _int("vocab_size", self.vocab_size)
+        _number("forget_bias", self.forget_bias)
+        if self.init_scale is not None:
+            _number("init_scale", self.init_scale, low=0.0)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.scan_unroll is not None:
+            _int("scan_unroll", self.scan_unroll)
+        if self.output_precision not in PRECISIONS:
+            raise ConfigError(f"output_precision must be one of {list(PRECISIONS)}, "
+                              f"got {self.output_precision!r}")
+        for name in ("tie_embeddings", "remat", "custom_vjp", "variational"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if isinstance(self.cell, str):
+            self._check_kind()
+        else:
+            self._check_cells()
+        out = self.out_size
+        if self.tie_embeddings and out is not None and self.embed_size != out:
+            what = "proj_size" if self.proj_size else "hidden_size"
+            raise ConfigError(f"tie_embeddings needs embed_size equal to {what}, "
+                              f"got {self.embed_size} and {out}")
+
+    def _check_kind(self):
+        if self.cell not in MODEL_KINDS:
+            raise ConfigError(f"cell must be one of {list(MODEL_KINDS)}, a jrnn.Cell or a tuple "
+                              f"of them, got {self.cell!r}")
+        activation = "tanh" if self.activation is None else self.activation
+        if not callable(activation) and activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {list(ACTIVATIONS)} or a callable, "
+                              f"got {activation!r}")
+        object.__setattr__(self, "activation", activation)
+        object.__setattr__(self, "hidden_size",
+                           _int("hidden_size", 200 if self.hidden_size is None else self.hidden_size))
+        object.__setattr__(self, "num_layers",
+                           _int("num_layers", self.num_layers if self.num_layers is not None
+                                else 1 if self.cell == "nnlm" else 2))
+        if self.recurrent_dropout and self.cell in ("gru", "nnlm"):
+            raise ConfigError(f"recurrent_dropout is for the LSTM, Elman and linear cells, not "
+                              f"{self.cell!r}: the GRU reuses h_(t-1) in its update gate, where a "
+                              "mask would change the state")
+        if self.proj_size is not None:
+            _int("proj_size", self.proj_size)
+            if self.cell != "lstm" or self.proj_size >= self.hidden_size:
+                raise ConfigError(f"proj_size is for the LSTM and must be smaller than "
+                                  f"hidden_size ({self.hidden_size}), got {self.proj_size} "
+                                  f"with cell {self.cell!r}")
+
+    def _check_cells(self):
+        cells = (self.cell,) if isinstance(self.cell, Cell) else self.cell
+        if not isinstance(cells, tuple) or not cells or not all(isinstance(c, Cell) for c in cells):
+            raise ConfigError(f"cell must be one of {list(MODEL_KINDS)}, a jrnn.Cell or a tuple "
+                              f"of them, got {type(self.cell).__name__}")
+        set_here = [name for name in ("hidden_size", "activation", "proj_size")
+                    if getattr(self, name) is not None] + (["forget_bias"] if self.forget_bias
+                                                          else [])
+        if set_here:
+            verb = "belongs" if len(set_here) == 1 else "belong"
+            raise ConfigError(f"{', '.join(set_here)} {verb} to the cell when cells are given; "
+                              f"set them where the cell is made (e.g. jrnn.lstm(H, proj_size=P))")
+        if len(cells) > 1 and self.num_layers is not None and self.num_layers != len(cells):
+            raise ConfigError(f"num_layers is {self.num_layers} but {len(cells)} cells were given")
+        layers = len(cells) if len(cells) > 1 else 2 if self.num_layers is None else self.num_layers
+        object.__setattr__(self, "num_layers", _int("num_layers", layers))
+        if self.recurrent_dropout and any(c.kind == "gru" for c in cells):
+            raise ConfigError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
+                              "reuses h_(t-1) in its update gate, where a mask would change the "
+                              "state")
+
+    @property
+    def cells_given(self) -> bool:
+        """Whether ``cell`` holds cells (made in Python) rather than a kind's name."""
+        return not isinstance(self.cell, str)
+
+    @property
+    def from_python(self) -> bool:
+        """Whether it holds cells or an activation made in Python (no file form then)."""
+        return self.cells_given or callable(self.activation)
+
+    @property
+    def out_size(self) -> Optional[int]:
+        """The width of what the last layer outputs (what the output layer reads)."""
+        if isinstance(self.cell, Cell):
+            return self.cell.hidden_size
+        if isinstance(self.cell, tuple):
+            return self.cell[-1].hidden_size
+        return self.proj_size or self.hidden_size
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with ``changes`` (checked like a new config); unknown names are refused.
+
+        Fields a kind fills in (``hidden_size``, ``activation``) keep their
+        values unless changed.
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown model option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-able dict (what a checkpoint stores).
+
+        A config holding cells made in Python has no file form: only that
+        code can make them again.
+        """
+        if self.from_python:
+            raise ConfigError("a model whose cells or activation were made in Python cannot be "
+                              "written to a file; keep the code that makes them")
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ModelConfig":
+        """The config :meth:`to_dict` wrote."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
+        return cls().replace(**d)
