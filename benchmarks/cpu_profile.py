@@ -168,7 +168,8 @@ def torch_pieces(rng: np.random.Generator, threads: int):
 
 
 FLOPS = {"matmul:logits": 2 * N * H * V, "matmul:dW": 2 * N * H * V, "matmul:dh": 2 * N * H * V,
-         "output-layer": 6 * N * H * V, "output-layer:bf16": 6 * N * H * V, "recurrence": 3 * 2 * T * B * (2 * H) * 4 * H * 2}
+         "output-layer": 6 * N * H * V, "output-layer:bf16": 6 * N * H * V,
+         "recurrence": 3 * 2 * T * B * (2 * H) * 4 * H * 2}
 
 
 def main(argv=None) -> int:

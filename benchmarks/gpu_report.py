@@ -323,7 +323,8 @@ def main(argv=None) -> int:
                   "jrnn autodiff: custom_vjp=False; torch fp16: .half() model, loss in f32; "
                   "jax cuDNN: jax.experimental.rnn.lstm, f32; every f32 column runs at its "
                   "library's default precision (cuDNN and XLA may use TF32 on this GPU); "
-                  "jrnn Pallas: fused kernels (jrnn.core.pallas; bf16: bf16 matmul operands, f32 state); jrnn cuDNN: method=\"cudnn\" (jax.experimental.rnn with jrnn's params).", ""]
+                  "jrnn Pallas: fused kernels (jrnn.core.pallas; bf16: bf16 matmul operands, f32 state); "
+                  "jrnn cuDNN: method=\"cudnn\" (jax.experimental.rnn with jrnn's params).", ""]
         lines += shape_notes(shapes, status)
     else:
         table = []

@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import importlib
 import json
 import math
 import os
@@ -83,7 +82,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -52,7 +52,7 @@ from jrnn.training.step import (
     make_train_step,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Loaded on first use: ``jrnn.diagnostics`` is jrnn.analysis.diagnostics, and so on.
 _LAZY = {

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import export as jax_export
 from jax.experimental import rnn as jax_rnn
 
 import jrnn
@@ -211,7 +212,7 @@ def test_train_step_lowers_for_cuda(kind, variant, mesh):
 def test_pallas_step_exports_for_cuda():
     jitted, args = _step_and_args("lstm", "pallas", mesh=False)
     with pallas.compiled_for_gpu():
-        exported = jax.export.export(jitted, platforms=["cuda"], disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
+        exported = jax_export.export(jitted, platforms=["cuda"], disabled_checks=[
+            jax_export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
     assert exported.platforms == ("cuda",)
     assert "__gpu$xla.gpu.triton" in exported.mlir_module()

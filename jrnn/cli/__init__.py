@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--release-host-memory", action="store_true",
                    help="on a CPU, let the C allocator return freed memory to the OS "
-                        "(slower steps; by default jrnn.keep_host_memory() is applied)")
+                        "(slower steps; by default jrnn.training.runtime.keep_host_memory() is applied)")
     t.add_argument("--fused-epoch", action="store_true",
                    help="run each epoch as one jitted lax.scan over all windows, data on the "
                         "device (fastest on GPU; progress every 100 windows, Ctrl-C acts at "

@@ -29,8 +29,9 @@ gradient XLA derives is correct but slow on a CPU:
 
 Both are used by default (``jrnn.rnn_lm(..., custom_vjp=True)``, ``jrnn.unroll(...,
 custom_vjp=True)``).  A cell carries its whole-layer pass in its ``sequence``
-field, tied to the ``step`` it was written for (``Cell.sequence_step``).  A ``custom_vjp`` function has no forward-mode rule:
-pass ``custom_vjp=False`` to use ``jax.jvp`` / ``jax.jacfwd`` through a model.
+field, tied to the ``step`` it was written for (``Cell.sequence_step``).  A
+``custom_vjp`` function has no forward-mode rule: pass ``custom_vjp=False``
+to use ``jax.jvp`` / ``jax.jacfwd`` through a model.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ hidden state ``h`` and of the outputs (what the next layer reads);
 ``cell_size`` is set only for an LSTM with projections
 (``jrnn.lstm(H, proj_size=P)``): it is then ``H``, the width of the memory
 cell ``c`` and of each gate block, while ``hidden_size`` is ``P``.  For every
-other cell the gate blocks are ``hidden_size`` wide (:func:`gate_size`).  Wrapping a cell (:func:`remat`) keeps its kind,
-so every consumer (parallel scans, the PyTorch exchange, the Jacobian bound)
-still accepts it.
+other cell the gate blocks are ``hidden_size`` wide (:func:`gate_size`).
+Wrapping a cell (:func:`remat`) keeps its kind, so every consumer (parallel
+scans, the PyTorch exchange, the Jacobian bound) still accepts it.
 
 Arrays use the row-vector convention ``x @ W``: ``W`` is ``weight_ih.T`` of
 PyTorch and ``W_h`` is ``weight_hh.T``.  Gate blocks are laid out in

@@ -313,8 +313,9 @@ def rnn_lm(
     after the scan.  With ``tie_embeddings`` the output weights are the
     transposed embedding (needs ``embed_size == hidden_size``).  ``method``
     and ``scan_unroll`` are passed to :func:`jrnn.unroll` (``"auto"``: the
-    choice of :func:`jrnn.core.select.choose_method`); ``remat`` recomputes each step in the backward pass (:func:`jrnn.remat`),
-    trading time for memory on long sequences.  ``custom_vjp`` (default) uses
+    choice of :func:`jrnn.core.select.choose_method`); ``remat`` recomputes
+    each step in the backward pass (:func:`jrnn.remat`), trading time for
+    memory on long sequences.  ``custom_vjp`` (default) uses
     jrnn's hand-written backward passes for the recurrence and for the
     softmax output layer (:mod:`jrnn.core.backward`): the same values and gradients,
     a faster and smaller train step; ``False`` keeps plain autodiff (needed
