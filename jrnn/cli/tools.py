@@ -174,7 +174,7 @@ def _diagnose_cells(args, names, out_dir) -> dict:
         flows[name] = (np.arange(T), rel)
         jn = dg.jacobian_norms(cell, params, xs, method=args.method)
         jacs[name] = (np.asarray(jn.distance), np.asarray(jn.norms))
-        if name in ("linear", "tanh", "sigmoid", "relu"):
+        if cell.activation in dg.MAX_DERIVATIVE:  # the Elman bound: a named activation
             bounds[name] = (np.asarray(jn.distance),
                             np.asarray(dg.elman_jacobian_bound(cell, params, jn.distance)))
         curve = dg.information_decay(cell, params, k_decay, seq_len=decay_T, lags=lags,

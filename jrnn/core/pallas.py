@@ -63,7 +63,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jrnn.core.backward import _prev
-from jrnn.core.cells import Cell, gate_size
+from jrnn.core.cells import CELL_KINDS, Cell, gate_size
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 
 Array = jax.Array
@@ -85,7 +85,6 @@ BLOCK_B = 16
 # Warps per program (Triton): 4 x 32 threads share each step's small matmuls.
 NUM_WARPS = 4
 
-_GATES = {"lstm": 4, "gru": 3, "elman": 1, "linear": 1}
 # The kinds whose kernel applies ``ACTIVATIONS[cell.activation]`` (the others' gates are fixed).
 _ACTIVATED = ("elman", "linear")
 
@@ -142,7 +141,7 @@ def fallback_reason(cell: Cell, *, lengths: bool = False,
       >>> pallas.fallback_reason(jrnn.elman(64, activation=jnp.sin)).kind
       <Fallback.ACTIVATION: 'activation'>
     """
-    if cell.kind not in _GATES:
+    if cell.kind not in CELL_KINDS:  # a kernel for each of jrnn's own cell kinds
         return FallbackReason(Fallback.CELL_KIND, f"no Pallas kernel for {cell.kind!r} cells")
     if cell.cell_size is not None:
         return FallbackReason(Fallback.PROJECTION,
@@ -159,7 +158,7 @@ def fallback_reason(cell: Cell, *, lengths: bool = False,
         return FallbackReason(Fallback.LENGTHS,
                               "sequences with lengths are not masked in the kernel")
     Hp = _pow2(gate_size(cell))
-    G = _GATES[cell.kind]
+    G = cell.num_gates
     block = Hp * Hp * (2 if bf16 else 4)
     dtype = "bfloat16" if bf16 else "float32"
     if G * block > ON_CHIP_BYTES:

@@ -603,6 +603,55 @@ def _read_resume(run_dir: RunDir, corpus: Corpus, overrides: Optional[dict], giv
     return config, (meta, raw), None
 
 
+def _open_run(out, runs_root: str, resume: bool, overwrite: bool,
+              say: Callable[[str], None]) -> Writer:
+    """The run directory's writer (stale temporary files removed)."""
+    try:
+        run_dir = open_run_dir(out, runs_root, resume=resume, overwrite=overwrite)
+    except RunDirError as e:
+        raise FitError(str(e)) from None
+    writer = Writer(run_dir)
+    for stale in writer.remove_stale():
+        say(f"removed {stale}, left by an interrupted save")
+    return writer
+
+
+def _first_state(plan: Plan, saved, writer: Writer,
+                 say: Callable[[str], None]) -> tuple[TrainState, Progress]:
+    """A new run's state from the seed, or the checkpoint's for a resume."""
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(plan.config.seed))
+    state = init_train_state(plan.model.init(k_init), plan.optimizer, k_run)
+    if saved is None:
+        return state, Progress()
+    meta, raw = saved
+    last = writer.run_dir.last
+    state = ckpt.restore_into(state, raw, last)
+    progress = Progress.from_checkpoint(meta, plan.model.initial_carry(plan.config.batch_size), last)
+    if writer.multi:
+        say("every process read the checkpoint (a run over several hosts needs its run "
+            "directory on a shared filesystem to resume)")
+    say(f"resuming {writer.run_dir.path}: epoch {progress.epoch + 1}, window {progress.window}, "
+        f"step {int(state.step)}")
+    return state, progress
+
+
+def _interrupted_note(run_dir: RunDir, progress: Progress) -> str:
+    if progress.window:
+        return (f"interrupted: saved {run_dir.last} at epoch {progress.epoch + 1}, "
+                f"window {progress.window}")
+    return f"interrupted: saved {run_dir.last} after epoch {progress.epoch}"
+
+
+def _result(run_dir: RunDir, state: TrainState, progress: Progress, t_start: float,
+            test_ppl: Optional[float] = None) -> FitResult:
+    """The result of a run that ended (``test_ppl`` given) or was interrupted (``None``)."""
+    complete = test_ppl is not None
+    return FitResult(run_dir.path, state, progress.history, run_dir.existing_best(), run_dir.last,
+                     progress.best_or_none(),
+                     test_ppl if complete and math.isfinite(test_ppl) else None, complete,
+                     progress.skipped, time.perf_counter() - t_start)
+
+
 def fit(
     config: Optional[TrainConfig],
     corpus: Corpus,
@@ -680,7 +729,6 @@ def fit(
     _check_options(on_nonfinite, max_windows, save_every)
     say = callbacks.on_message or (lambda text: None)
     t_start = time.perf_counter()
-    given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
     if distributed.is_multiprocess():  # several processes are one data-parallel run
         if fused_epoch:
             raise FitError(f"fused_epoch runs an epoch in one call of one process; with "
@@ -690,36 +738,18 @@ def fit(
         if model is None:
             raise FitError("fit needs a TrainConfig, a model, or resume=True")
         config = DEFAULT
-    try:
-        run_dir = open_run_dir(out, runs_root, resume=resume, overwrite=overwrite)
-    except RunDirError as e:
-        raise FitError(str(e)) from None
-    writer = Writer(run_dir)
-    for stale in writer.remove_stale():
-        say(f"removed {stale}, left by an interrupted save")
-    saved = None
+    given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
+    writer, saved = _open_run(out, runs_root, resume, overwrite, say), None
     if resume:
-        config, saved, finished = _read_resume(run_dir, corpus, overrides, given, say)
+        config, saved, finished = _read_resume(writer.run_dir, corpus, overrides, given, say)
         if finished is not None:
             return finished
 
     streams = _check_splits(config, corpus)
     plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
-    config, given = plan.config, plan.given  # no model description when it came from Python
+    config = plan.config  # no model description when the model came from Python
     _check_memory(plan)
-    k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = init_train_state(plan.model.init(k_init), plan.optimizer, k_run)
-    progress = Progress()
-    if saved is not None:
-        meta, raw = saved
-        state = ckpt.restore_into(state, raw, run_dir.last)
-        progress = Progress.from_checkpoint(meta, plan.model.initial_carry(config.batch_size),
-                                            run_dir.last)
-        if writer.multi:
-            say("every process read the checkpoint (a run over several hosts needs its run "
-                "directory on a shared filesystem to resume)")
-        say(f"resuming {run_dir.path}: epoch {progress.epoch + 1}, window {progress.window}, "
-            f"step {int(state.step)}")
+    state, progress = _first_state(plan, saved, writer, say)
     steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
     if steps.rows is not None:
         streams = streams[steps.rows]
@@ -727,19 +757,9 @@ def fit(
             progress.carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[steps.rows],
                                                     progress.carry)
     if callbacks.on_start is not None:
-        callbacks.on_start(_start_info(plan, run_dir, corpus, state, steps))
-
-    header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict()}
-    if given:
-        header["given"] = list(given)
-
-    def stopped(state):
-        say(f"interrupted: saved {run_dir.last} at epoch {progress.epoch + 1}, "
-            f"window {progress.window}" if progress.window else
-            f"interrupted: saved {run_dir.last} after epoch {progress.epoch}")
-        return FitResult(run_dir.path, state, progress.history, run_dir.existing_best(),
-                         run_dir.last, progress.best_or_none(), None, False, progress.skipped,
-                         time.perf_counter() - t_start)
+        callbacks.on_start(_start_info(plan, writer.run_dir, corpus, state, steps))
+    header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict(),
+              **({"given": list(plan.given)} if plan.given else {})}
 
     with _StopRequests(handle_signals) as stop:
         epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
@@ -748,19 +768,15 @@ def fit(
                          names=leaf_names(state.params))
         for epoch in range(progress.epoch, config.epochs):
             state, stats, interrupted = epochs.train(epoch, state)
-            if interrupted:
-                return stopped(state)
-            if epochs.finish(epoch, state, stats):
-                return stopped(state)
+            if interrupted or epochs.finish(epoch, state, stats):
+                say(_interrupted_note(writer.run_dir, progress))
+                return _result(writer.run_dir, state, progress, t_start)
 
     test_ppl, n_test = epochs.test(state, say)
-    wall = time.perf_counter() - t_start
-    result = FitResult(run_dir.path, state, progress.history, run_dir.existing_best(),
-                       run_dir.last, progress.best_or_none(),
-                       test_ppl if math.isfinite(test_ppl) else None, True, progress.skipped, wall)
+    result = _result(writer.run_dir, state, progress, t_start, test_ppl)
     writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
-                    "best_valid_ppl": result.best_valid_ppl, "wall_seconds": wall,
-                    "config": config.to_dict(), **({"given": list(given)} if given else {}),
+                    "best_valid_ppl": result.best_valid_ppl, "wall_seconds": result.wall_seconds,
+                    "config": config.to_dict(), **{k: v for k, v in header.items() if k == "given"},
                     **(data_info or {}), "history": progress.history,
                     "skipped_windows": progress.skipped, "processes": jax.process_count()})
     return result
