@@ -2,9 +2,10 @@
 
 The only package that parses arguments or prints.  Errors in the user's input
 (data, checkpoints, options) end with one line on stderr and exit code 2.
-This module parses the arguments with nothing heavier than ``argparse``
-loaded, so ``jrnn --help`` answers at once; the commands (and JAX) are
-imported once the arguments are parsed.
+This module parses the arguments with only ``jrnn``'s lists of choices
+loaded (``import jrnn`` itself imports JAX: ``jrnn --help`` takes about two
+seconds); the commands, the training loop and the data are imported once
+the arguments are parsed.
 """
 
 from __future__ import annotations
@@ -53,13 +54,11 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="jrnn", description="Train, evaluate and use RNN language models.")
-    p.add_argument("--version", action="version", version=f"jrnn {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+def _checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
 
-    t = sub.add_parser("train", help="train a language model")
+
+def _train_data_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data", default=os.environ.get("JRNN_DATA"),
                    help="PTB-style directory (*.train/valid/test.txt), one text file, or a corpus "
                         "to download (ptb, wikitext-2, tiny-shakespeare); "
@@ -68,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="word (default for directories) or char (default for single files)")
     t.add_argument("--max-vocab", type=int, default=None)
     t.add_argument("--min-freq", type=int, default=None, help="drop rarer words (default 1)")
+
+
+def _train_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS))
     t.add_argument("--cell", choices=list(CELLS))
     t.add_argument("--activation", choices=list(ACTIVATIONS))
@@ -90,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="drop whole words from the embedding matrix (AWD-LSTM)")
     t.add_argument("--init-scale", type=float)
     t.add_argument("--forget-bias", type=float)
+
+
+def _train_optimization_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--optimizer", choices=list(OPTIMIZERS))
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-decay", type=float, help="multiply the lr by this each epoch after --decay-start")
@@ -105,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
                         "bfloat16 on CPUs with AMX, float32 elsewhere; evaluation is float32")
     t.add_argument("--remat", action="store_true", default=None,
                    help="recompute each step in the backward pass (less memory, long sequences)")
+
+
+def _train_distributed_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data-parallel", action="store_true",
                    help="shard the batch over all local devices (parameters replicated)")
     t.add_argument("--coordinator", help="several processes: host:port of process 0 "
@@ -117,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--join-timeout", type=int, default=60,
                    help="seconds to wait for the other processes, and after which a silent one "
                         "counts as dead (default 60)")
+
+
+def _train_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--out", default=None,
                    help="the run directory (default: a new runs/<n>, with runs/latest pointing "
@@ -141,34 +152,67 @@ def _parser() -> argparse.ArgumentParser:
                         "device (fastest on GPU; progress every 100 windows, Ctrl-C acts at "
                         "the end of the epoch)")
 
+
+def _train_arguments(sub) -> None:
+    t = sub.add_parser("train", help="train a language model")
+    _train_data_arguments(t)
+    _train_model_arguments(t)
+    _train_optimization_arguments(t)
+    _train_distributed_arguments(t)
+    _train_run_arguments(t)
+
+
+def _eval_arguments(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a checkpoint")
-    e.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
+    _checkpoint_argument(e)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--file", help="a text file to evaluate instead of a split")
     e.add_argument("--data", help="the corpus (default: the one the checkpoint was trained on)")
     e.add_argument("--batch-size", type=int, default=10)
     e.add_argument("--bptt", type=int, default=35)
 
+
+def _score_arguments(sub) -> None:
     s = sub.add_parser("score", help="log-probability of sentences, best first")
     s.add_argument("sentences", nargs="+")
-    s.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
+    _checkpoint_argument(s)
 
+
+def _next_arguments(sub) -> None:
     n = sub.add_parser("next", help="the next-word distribution after a context")
     n.add_argument("context")
     n.add_argument("--top", type=int, default=10)
-    n.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
+    _checkpoint_argument(n)
 
+
+def _generate_arguments(sub) -> None:
     g = sub.add_parser("generate", help="sample text")
     g.add_argument("--words", type=int, default=100, help="tokens to sample")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompt", default="")
-    g.add_argument("--checkpoint", default="runs", help=CHECKPOINT_HELP)
+    _checkpoint_argument(g)
+
+
+def _tool_entries(sub) -> None:
     # Listed for --help; their own parsers run before this one (see main).
     sub.add_parser("diagnose", help="gradient flow and information decay figures "
                                     "(jrnn diagnose --help)")
     sub.add_parser("tasks", help="adding, copy-memory and agreement task sweeps "
                                  "(jrnn tasks --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="jrnn", description="Train, evaluate and use RNN language models.")
+    p.add_argument("--version", action="version", version=f"jrnn {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_arguments(sub)
+    _eval_arguments(sub)
+    _score_arguments(sub)
+    _next_arguments(sub)
+    _generate_arguments(sub)
+    _tool_entries(sub)
     return p
 
 
