@@ -282,6 +282,7 @@ def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40) -> dict:
     import warnings
 
     out: dict = {}
+    # (method, cell kind); "pallas-bf16" names method="pallas" with precision="bfloat16".
     cases = [("pallas", k) for k in ("elman", "lstm", "gru")] + [("pallas-bf16", "lstm")]
     if jax.default_backend() == "gpu":
         cases.append(("cudnn", "lstm"))
@@ -294,8 +295,10 @@ def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40) -> dict:
             w = jax.random.normal(jax.random.PRNGKey(2), (T, B, H))
 
             def loss(m):
+                m, _, bf16 = m.partition("-")  # "pallas-bf16": method pallas, bf16 operands
+                prec = "bfloat16" if bf16 else "float32"
                 f = jax.value_and_grad(
-                    lambda p, x: jnp.sum(jrnn.unroll(cell, p, x, method=m)[1] * w),
+                    lambda p, x: jnp.sum(jrnn.unroll(cell, p, x, method=m, precision=prec)[1] * w),
                     argnums=(0, 1))
                 # cuDNN eagerly: under jit jrnn refuses it (jrnn.core.cudnn.UNDER_JIT).
                 return f if m == "cudnn" else jax.jit(f)

@@ -322,12 +322,14 @@ def _jrnn_cells(shape: Shape, remat: bool, bf16: bool, make_cell: Callable = Non
 
 def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
              custom_vjp: bool = True, make_cell: Callable = None,
-             method: str = "scan", output_precision: str = "float32") -> jrnn.LanguageModel:
+             method: str = "scan", output_precision: str = "float32",
+             precision: str = "float32") -> jrnn.LanguageModel:
     """``jrnn.rnn_lm`` itself, or one with the same params whose apply uses other cells
     (wrapped ones, or those of ``make_cell(kind, H)``)."""
     base = jrnn.rnn_lm(shape.V, cell=shape.cell, embed_size=shape.H, hidden_size=shape.H,
                        num_layers=shape.L, method=method, scan_unroll=unroll,
-                       custom_vjp=custom_vjp, output_precision=output_precision)
+                       custom_vjp=custom_vjp, output_precision=output_precision,
+                       recurrence_precision=precision)
     if not (remat or bf16 or make_cell):
         return base
     cells = _jrnn_cells(shape, remat, bf16, make_cell)
@@ -352,10 +354,11 @@ def _jrnn_lm(shape: Shape, unroll: int, remat: bool, bf16: bool,
 
 def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = False,
                 bf16: bool = False, custom_vjp: bool = True, make_cell: Callable = None,
-                method: str = "scan", output_precision: str = "float32") -> Runner:
+                method: str = "scan", output_precision: str = "float32",
+                precision: str = "float32") -> Runner:
     if shape.mode == "lm":
         model = _jrnn_lm(shape, unroll, remat, bf16, custom_vjp, make_cell, method,
-                         output_precision)
+                         output_precision, precision)
         opt = optax.sgd(LR)
         state = jrnn.init_train_state(model.init(jax.random.PRNGKey(0)), opt, jax.random.PRNGKey(1))
         step = jrnn.make_train_step(model, opt, clip_norm=CLIP)
@@ -368,14 +371,14 @@ def jrnn_runner(shape: Shape, data: dict, *, unroll: int = 1, remat: bool = Fals
 
     def loss(params, xs):
         return jnp.sum(jrnn.unroll(cells, params, xs, method=method, scan_unroll=unroll,
-                                       custom_vjp=custom_vjp)[1])
+                                   custom_vjp=custom_vjp, precision=precision)[1])
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     return _jax_runner(grad, [params, jnp.asarray(data["xs"])], carry_index=None)
 
 
 def jrnn_pallas_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runner:
-    """jrnn's fused Pallas kernels (``method="pallas"`` / ``"pallas-bf16"``): the same
+    """jrnn's fused Pallas kernels (``method="pallas"``, float32 or bfloat16 operands): the same
     train step or recurrence as the ``jrnn[u=...]`` rows.  A shape whose ``W_h`` is over
     the kernels' on-chip budget is reported n/a with the reason (it would run the scan)."""
     from jrnn.core import pallas
@@ -384,7 +387,7 @@ def jrnn_pallas_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runne
     reason = pallas.fallback_reason(cell, bf16=bf16)
     if reason is not None:
         raise _Skip(f"n/a: {reason}")
-    return jrnn_runner(shape, data, method="pallas-bf16" if bf16 else "pallas")
+    return jrnn_runner(shape, data, method="pallas", precision="bfloat16" if bf16 else "float32")
 
 
 def jrnn_cudnn_runner(shape: Shape, data: dict) -> Runner:

@@ -150,3 +150,27 @@ def test_rnn_lm_takes_a_stack_of_cells():
         jrnn.rnn_lm(25, cell=[jrnn.lstm(4), jrnn.lstm(4)], num_layers=3)
     with pytest.raises(ValueError, match="a jrnn.Cell or a tuple of them"):
         jrnn.rnn_lm(25, cell=3)
+
+
+def test_method_and_precision_are_separate_arguments():
+    """0.2's method="pallas-bf16" is method="pallas", precision="bfloat16"; nothing else takes bf16."""
+    from jrnn.core import pallas
+
+    cell = jrnn.lstm(8)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
+    _, got = jrnn.unroll(cell, params, xs, method="pallas", precision="bfloat16")  # interpret mode
+    _, want = pallas.sequence(cell, bf16=True)(params, cell.project(params, xs),
+                                                cell.initial_carry((2,)))
+    np.testing.assert_array_equal(got, want)
+    _, f32 = jrnn.unroll(cell, params, xs, method="scan")
+    assert 0 < float(jnp.max(jnp.abs(got - f32))) < 0.05  # bf16 operands: close, not equal
+    with pytest.raises(ValueError, match="implemented by method='pallas'"):
+        jrnn.unroll(cell, params, xs, method="scan", precision="bfloat16")
+    with pytest.raises(ValueError, match="method must be one of"):
+        jrnn.unroll(cell, params, xs, method="pallas-bf16")
+    with pytest.raises(ValueError, match="recurrence_precision='bfloat16' is implemented"):
+        jrnn.rnn_lm(20, recurrence_precision="bfloat16")
+    model = jrnn.rnn_lm(20, embed_size=3, hidden_size=8, num_layers=1, method="pallas",
+                        recurrence_precision="bfloat16")
+    assert model.config.recurrence_precision == "bfloat16"

@@ -9,7 +9,7 @@ The choices:
 
 * :func:`choose_method` -- how :func:`jrnn.unroll` runs a layer: the method
   (``"scan"``, ``"associative"``, ``"doubling"``, the GPU kernels
-  ``"pallas"`` / ``"pallas-bf16"`` and ``"cudnn"``) and ``lax.scan``'s unroll
+  ``"pallas"`` (with ``precision="bfloat16"`` too) and ``"cudnn"``) and ``lax.scan``'s unroll
   factor.  A kernel chosen here that cannot run a layer (too large for its
   on-chip budget, ``lengths``, another backend) gives way to the scan;
 * :func:`cross_entropy_chunk_rows` -- rows per chunk of the chunked softmax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "METHODS",
+    "RECURRENCE_PRECISIONS",
     "Choice",
     "RULES",
     "choose_method",
@@ -43,7 +44,10 @@ __all__ = [
 ]
 
 # Every value ``method=`` accepts, "auto" included.
-METHODS = ("auto", "scan", "associative", "doubling", "pallas", "pallas-bf16", "cudnn")
+METHODS = ("auto", "scan", "associative", "doubling", "pallas", "cudnn")
+# Operand precision of the recurrence's matmuls (jrnn.unroll(precision=...)): the state and
+# the accumulation stay float32; "bfloat16" is implemented by method="pallas" (the kernels).
+RECURRENCE_PRECISIONS = ("float32", "bfloat16")
 
 
 class Choice(NamedTuple):

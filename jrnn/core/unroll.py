@@ -8,9 +8,9 @@ running it; *how* is the ``method`` argument:
   ``custom_vjp``), unrolled ``scan_unroll`` steps at a time;
 * ``"associative"`` / ``"doubling"`` -- a *linear* recurrence in
   ``O(log T)`` depth (:mod:`jrnn.core.parallel`);
-* ``"pallas"`` / ``"pallas-bf16"`` -- the fused GPU kernels of
-  :mod:`jrnn.core.pallas` (time loop inside one kernel; bf16 matmul operands
-  with float32 state for the second);
+* ``"pallas"`` -- the fused GPU kernels of :mod:`jrnn.core.pallas` (time
+  loop inside one kernel; with ``precision="bfloat16"``, bf16 matmul
+  operands with float32 state);
 * ``"cudnn"`` -- cuDNN's LSTM through ``jax.experimental.rnn``
   (:mod:`jrnn.core.cudnn`);
 * ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
@@ -35,12 +35,23 @@ from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import dropout as drop
 from jrnn.core.masking import reverse_within_lengths, valid_steps
 from jrnn.core.parallel import associative_unroll, is_linear
-from jrnn.core.select import METHODS, choose_method
+from jrnn.core.select import METHODS, RECURRENCE_PRECISIONS, choose_method
 from jrnn.core.validation import check_lengths, check_rate, check_sequence, positive_int
 
 Array = jax.Array
 
 __all__ = ["unroll", "bidirectional", "over_layers", "resolve_method", "kernel_fallback_reason"]
+
+
+def _check_precision(precision: str, method: str) -> str:
+    """The recurrence's operand precision: bfloat16 only where a method implements it."""
+    if precision not in RECURRENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(RECURRENCE_PRECISIONS)}, "
+                         f"got {precision!r}")
+    if precision == "bfloat16" and method != "pallas":
+        raise ValueError(f"precision='bfloat16' is implemented by method='pallas' (the fused "
+                         f"kernels) only, got method={method!r}")
+    return precision
 
 
 def _check_scan_unroll(scan_unroll):
@@ -95,7 +106,8 @@ def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: 
 
 
 def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
-                           custom_vjp: bool = True, traced: bool = False) -> Optional[str]:
+                           custom_vjp: bool = True, traced: bool = False,
+                           precision: str = "float32") -> Optional[str]:
     """Why ``method`` (a GPU kernel) would run ``cell`` with the scan instead, or ``None``.
 
     Example:
@@ -105,19 +117,19 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
       >>> kernel_fallback_reason(jrnn.elman(64), "pallas", lengths=True)
       'sequences with lengths are not masked in the kernel'
     """
-    if method in ("pallas", "pallas-bf16"):
+    if method == "pallas":
         if not custom_vjp:
             return "custom_vjp=False asks for autodiff through the scan"
-        return pallas.fallback_reason(cell, lengths=lengths, bf16=method == "pallas-bf16")
+        return pallas.fallback_reason(cell, lengths=lengths, bf16=precision == "bfloat16")
     if method == "cudnn":
         return cudnn.fallback_reason(cell, lengths=lengths, traced=traced)
     return None
 
 
 def _kernel_or_scan(cell: Cell, method: str, lengths: bool, custom_vjp: bool, *, explicit: bool,
-                    where: str, traced: bool = False) -> str:
+                    where: str, traced: bool = False, precision: str = "float32") -> str:
     reason = kernel_fallback_reason(cell, method, lengths=lengths, custom_vjp=custom_vjp,
-                                    traced=traced)
+                                    traced=traced, precision=precision)
     if reason is None:
         return method
     if explicit:  # asked for by name: say that it was not used (auto falls back quietly)
@@ -127,7 +139,7 @@ def _kernel_or_scan(cell: Cell, method: str, lengths: bool, custom_vjp: bool, *,
 
 
 def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], reverse: bool,
-                method: str, scan_unroll, custom_vjp: bool):
+                method: str, scan_unroll, custom_vjp: bool, precision: str = "float32"):
     if method in ("associative", "doubling"):
         return associative_unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse,
                                   method=method)
@@ -145,8 +157,8 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
         # fed to float64 params would otherwise fail deep inside XLA).
         carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
 
-    if method in ("pallas", "pallas-bf16"):
-        run = pallas.sequence(cell, bf16=method == "pallas-bf16")
+    if method == "pallas":
+        run = pallas.sequence(cell, bf16=precision == "bfloat16")
         return run(params, xs_proj, carry, reverse=reverse)
     if lengths is None:
         seq = sequence_for(cell) if custom_vjp else None
@@ -219,6 +231,7 @@ def unroll(
     lengths: Optional[Array] = None,
     reverse: bool = False,
     method: str = "auto",
+    precision: str = "float32",
     scan_unroll: Union[int, bool, None] = None,
     dropout: float = 0.0,
     key: Optional[Array] = None,
@@ -245,8 +258,12 @@ def unroll(
         with the inputs.
       method: ``"scan"``, ``"associative"`` or ``"doubling"`` (linear cells
         only: ``jrnn.linear``, ``elman`` with ``"identity"``,
-        ``jrnn.parallel.diagonal``), or ``"auto"``: the choice of
+        ``jrnn.parallel.diagonal``), ``"pallas"``, ``"cudnn"`` (see the
+        module doc), or ``"auto"``: the choice of
         :func:`jrnn.core.select.choose_method` for the cell, shape and backend.
+      precision: the recurrence's matmul operands, ``"float32"`` or
+        ``"bfloat16"`` (state and accumulation stay float32; implemented by
+        ``method="pallas"`` only, so other methods refuse it).
       scan_unroll: ``lax.scan``'s unroll factor (a positive int, or ``True``
         for all steps); ``None`` takes the one ``"auto"`` would.
       dropout: rate of dropout applied to the outputs between stacked layers
@@ -273,6 +290,7 @@ def unroll(
       ((6, 2, 8), True)
     """
     scan_unroll = _check_scan_unroll(scan_unroll)
+    precision = _check_precision(precision, method)
     stacked = not isinstance(cell, Cell)
     cells = list(cell) if stacked else [cell]
     if not cells or not all(isinstance(c, Cell) for c in cells):
@@ -296,8 +314,9 @@ def unroll(
         c0 = _check_layer(c, p, c0, hs.shape[-1], B, where)
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
         m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
-                            where=where, traced=isinstance(hs, jax.core.Tracer))
-        return _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
+                            where=where, traced=isinstance(hs, jax.core.Tracer),
+                            precision=precision)
+        return _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp, precision)
 
     finals, hs = over_layers(layer, xs, carries)
     if not time_major:
@@ -324,6 +343,7 @@ def bidirectional(
     *,
     lengths: Optional[Array] = None,
     method: str = "auto",
+    precision: str = "float32",
     scan_unroll: Union[int, bool, None] = None,
     dropout: float = 0.0,
     key: Optional[Array] = None,
@@ -369,6 +389,7 @@ def bidirectional(
       ((5, 2, 8), 2, (2, 4), True)
     """
     scan_unroll = _check_scan_unroll(scan_unroll)
+    precision = _check_precision(precision, method)
     if isinstance(cells, Cell):
         raise TypeError("cells must be a list of (forward, backward) pairs, one per layer")
     cells = _pairs("cells", cells)
@@ -394,8 +415,9 @@ def bidirectional(
             c0 = _check_layer(c, p, c0, hs.shape[-1], B, f"layer {i} ({direction})")
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
             m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
-                                where=f"layer {i}", traced=isinstance(hs, jax.core.Tracer))
-            final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp)
+                                where=f"layer {i}", traced=isinstance(hs, jax.core.Tracer),
+                                precision=precision)
+            final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp, precision)
             outs.append(out)
             layer_finals.append(final)
         return tuple(layer_finals), jnp.concatenate(outs, axis=-1)

@@ -17,6 +17,7 @@ checks run inside ``jit`` and come back as an error to ``throw()``.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Callable, Optional
 
@@ -29,6 +30,8 @@ Array = jax.Array
 
 __all__ = [
     "ConfigError",
+    "config_int",
+    "config_number",
     "positive_int",
     "is_concrete",
     "check_tokens",
@@ -80,6 +83,34 @@ def checked(fn: Callable) -> Callable:
 
 class ConfigError(ValueError):
     """An option of a model or a training run out of range; the message starts with its name."""
+
+
+def config_int(name: str, value, minimum: int = 1) -> int:
+    """:func:`positive_int` for a configuration field: a :class:`ConfigError`."""
+    try:
+        return positive_int(name, value, minimum)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def config_number(name: str, v, *, low=None, low_open=True, high=None, high_open=False,
+                  what="") -> float:
+    """``v`` if it is a finite number within the bounds (open or closed), else a
+    :class:`ConfigError` naming ``name``; ``what`` is added to the message.
+
+    Example:
+      >>> config_number("lr", float("nan"))
+      Traceback (most recent call last):
+      ...
+      jrnn.core.validation.ConfigError: lr must be a finite number, got nan
+    """
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number{what}, got {v!r}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}{what}, got {v!r}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high}{what}, got {v!r}")
+    return v
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

@@ -14,35 +14,19 @@ The names are ``rnn_lm``'s (``num_layers``, ``tie_embeddings``, ``method``,
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional, Union
 
 from jrnn.core.cells import CELL_KINDS, Cell
 from jrnn.core.gates import ACTIVATIONS
-from jrnn.core.select import METHODS, PRECISIONS
-from jrnn.core.validation import ConfigError, positive_int
+from jrnn.core.select import METHODS, PRECISIONS, RECURRENCE_PRECISIONS
+from jrnn.core.validation import ConfigError
+from jrnn.core.validation import config_int as _int
+from jrnn.core.validation import config_number as _number
 
 __all__ = ["ModelConfig", "ConfigError", "MODEL_KINDS"]
 
 # What ``ModelConfig.cell`` can name: a recurrent cell kind, or the fixed-window NNLM.
 MODEL_KINDS = CELL_KINDS + ("nnlm",)
-
-
-def _int(name: str, value, minimum: int = 1) -> int:
-    try:
-        return positive_int(name, value, minimum)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _number(name, v, *, low=None, low_open=True, high=None, high_open=False, what="") -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{name} must be a finite number{what}, got {v!r}")
-    if low is not None and (v <= low if low_open else v < low):
-        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}{what}, got {v!r}")
-    if high is not None and (v >= high if high_open else v > high):
-        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high}{what}, got {v!r}")
-    return v
 
 
 def _rate(name: str, v) -> float:
@@ -99,6 +83,7 @@ class ModelConfig:
     embedding_dropout: float = 0.0
     proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
     output_precision: str = "auto"
+    recurrence_precision: str = "float32"  # the recurrence's matmul operands (method="pallas")
     vocab_size: Optional[int] = None  # set by the model built from it
 
     def __post_init__(self):
@@ -118,6 +103,12 @@ class ModelConfig:
         if self.output_precision not in PRECISIONS:
             raise ConfigError(f"output_precision must be one of {list(PRECISIONS)}, "
                               f"got {self.output_precision!r}")
+        if self.recurrence_precision not in RECURRENCE_PRECISIONS:
+            raise ConfigError(f"recurrence_precision must be one of {list(RECURRENCE_PRECISIONS)}, "
+                              f"got {self.recurrence_precision!r}")
+        if self.recurrence_precision == "bfloat16" and self.method != "pallas":
+            raise ConfigError("recurrence_precision='bfloat16' is implemented by method='pallas' "
+                              f"only, got method={self.method!r}")
         for name in ("tie_embeddings", "remat", "custom_vjp", "variational"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         if isinstance(self.cell, str):

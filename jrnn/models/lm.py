@@ -170,6 +170,7 @@ def _recurrence(config: ModelConfig, own_cells: tuple, params, xs, carry=None, *
     """``xs: float[T, B, E]`` embedded inputs -> ``(hs: float[T, B, H], carry)``."""
     cells = list(own_cells if cells is None else cells)
     run = functools.partial(unroll_cells, lengths=lengths, method=config.method,
+                            precision=config.recurrence_precision,
                             scan_unroll=config.scan_unroll, custom_vjp=config.custom_vjp)
     if key is None or not (config.variational or config.recurrent_dropout
                            or config.weight_dropout):
@@ -261,6 +262,7 @@ def rnn_lm(
     embedding_dropout: float = 0.0,
     proj_size: Optional[int] = None,
     output_precision: str = "auto",
+    recurrence_precision: str = "float32",
 ) -> LanguageModel:
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
@@ -282,7 +284,9 @@ def rnn_lm(
     multiplies it in hardware and the output layer is large
     (:func:`jrnn.core.select.output_matmul_dtype`), resolved here, so
     ``model.config.output_precision`` says which.
-    ``model.apply``'s logits are always float32.
+    ``model.apply``'s logits are always float32.  ``recurrence_precision``
+    (``"float32"`` or ``"bfloat16"``) is :func:`jrnn.unroll`'s ``precision``:
+    bf16 operands in the recurrence, for ``method="pallas"`` only.
 
     ``proj_size`` (LSTM only, ``0 < proj_size < hidden_size``) makes every
     layer an LSTM with projections (``jrnn.lstm(H, proj_size=P)``, PyTorch's
@@ -344,7 +348,8 @@ def rnn_lm(
             scan_unroll=scan_unroll, remat=remat, custom_vjp=custom_vjp, variational=variational,
             recurrent_dropout=recurrent_dropout, weight_dropout=weight_dropout,
             embedding_dropout=embedding_dropout, proj_size=proj_size,
-            output_precision=output_precision, vocab_size=vocab_size)
+            output_precision=output_precision, recurrence_precision=recurrence_precision,
+            vocab_size=vocab_size)
     except TypeError as e:  # an unhashable value where a hashable one belongs
         raise ConfigError(str(e)) from None
     return build_model(config)

@@ -15,11 +15,12 @@ naming the field.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
-from jrnn.core.validation import ConfigError, positive_int
+from jrnn.core.validation import ConfigError
+from jrnn.core.validation import config_int as _positive_int
+from jrnn.core.validation import config_number as _finite
 from jrnn.models.config import MODEL_KINDS, ModelConfig
 from jrnn.training.loop import OPTIMIZERS as _OPTIMIZERS
 
@@ -33,22 +34,6 @@ _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name 
 
 # The first release's and 0.2's flat names of model fields, read from old checkpoints only.
 _OLD_NAMES = {"layers": "num_layers", "tie": "tie_embeddings"}
-
-
-def _positive_int(name, v):
-    try:
-        positive_int(name, v)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _finite(name, v, *, low=None, low_open=True, high=None, high_open=False, what=""):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{name} must be a finite number{what}, got {v!r}")
-    if low is not None and (v <= low if low_open else v < low):
-        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}{what}, got {v!r}")
-    if high is not None and (v >= high if high_open else v > high):
-        raise ConfigError(f"{name} must be {'<' if high_open else '<='} {high}{what}, got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True)
