@@ -21,6 +21,7 @@ from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed
 from jrnn.training import loop as trainer
 from jrnn.training import fit as fit_module
+from jrnn.training.inference import load_for_inference
 from jrnn.training import runs
 from jrnn.training.checkpoint import CheckpointError
 from jrnn.training.config import ConfigError
@@ -235,7 +236,7 @@ def group_lost_message(error: Exception) -> str:
             "the last checkpoint written stays loadable")
 
 
-load_for_use = fit_module.load_for_inference
+load_for_use = load_for_inference
 
 
 def cmd_eval(args) -> int:

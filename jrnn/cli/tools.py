@@ -25,7 +25,7 @@ from jrnn import data as D
 from jrnn.analysis import diagnostics as dg
 from jrnn.analysis import plots, tasks
 from jrnn.analysis.tasks import longest_solved
-from jrnn.training.fit import load_for_inference
+from jrnn.training.inference import load_for_inference
 from jrnn.data import DataError
 from jrnn.training.checkpoint import CheckpointError
 
