@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -119,6 +120,53 @@ def _run(main, argv) -> int:
         return 130
 
 
+def _out_dir(path: str) -> None:
+    """Make the output folder, or refuse it in one line."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {path} is not a directory (it, or a folder above it, is a file)") from None
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot create it ({e.strerror})") from None
+    if not os.path.isdir(path):
+        raise UserError(f"--out {path} is not a directory (it, or a folder above it, is a file)")
+
+
+def _write_json(path: str, obj, **kw) -> None:
+    """``obj`` as JSON at ``path``, atomically (a temporary file created exclusively, renamed)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=os.path.dirname(path) or ".")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write it ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, **kw)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _draw(figures, quiet: bool) -> list[str]:
+    """Draw the figures; without matplotlib, say how to get them and go on."""
+    written = []
+    for draw in figures:
+        try:
+            written += draw()
+        except ImportError as e:
+            if "matplotlib" not in str(e):
+                raise
+            print('jrnn: figures skipped: they need matplotlib (pip install "jrnn[plot]" or '
+                  "pip install matplotlib); the results are in the JSON", file=sys.stderr)
+            break
+    return written
+
+
 # ---- jrnn diagnose ------------------------------------------------------------------
 
 def _diagnose_parser() -> argparse.ArgumentParser:
@@ -208,14 +256,15 @@ def _diagnose_cells(args, names, out_dir) -> dict:
         acc = dict(zip(lags, report[name]["probe_accuracy"]))
         print(f"{name:>8} " + " ".join(f"{acc[k]:6.2f}" for k in shown))
 
-    written = plots.gradient_flow_figure(flows, os.path.join(out_dir, "gradient_flow.png"), svg=args.svg,
-                                         title=f"Gradient flow, H={H}, T={T}")
-    written += plots.gradient_flow_figure(
-        jacs, os.path.join(out_dir, "jacobian.png"), bounds=bounds, svg=args.svg,
-        ylabel="||ds_T / ds_(T-k)||_2", title="Jacobian products and the activation bound (dashed)")
-    written += plots.decay_figure(decays, os.path.join(out_dir, "decay.png"), svg=args.svg,
-                                  title=f"Information decay, H={H}")
-    return {"cells": report, "written": written}
+    figures = [
+        lambda: plots.gradient_flow_figure(flows, os.path.join(out_dir, "gradient_flow.png"),
+                                           svg=args.svg, title=f"Gradient flow, H={H}, T={T}"),
+        lambda: plots.gradient_flow_figure(
+            jacs, os.path.join(out_dir, "jacobian.png"), bounds=bounds, svg=args.svg,
+            ylabel="||ds_T / ds_(T-k)||_2", title="Jacobian products and the activation bound (dashed)"),
+        lambda: plots.decay_figure(decays, os.path.join(out_dir, "decay.png"), svg=args.svg,
+                                   title=f"Information decay, H={H}")]
+    return {"cells": report, "figures": figures}
 
 
 def _training_demo(args, out_dir) -> dict:
@@ -239,12 +288,12 @@ def _training_demo(args, out_dir) -> dict:
         print(f"{label:>26}: {len(tr.loss)} steps, final loss {tr.loss[-1]:.3f}, max pre-clip "
               f"|g| {np.nanmax(np.where(np.isfinite(tr.grad_norm), tr.grad_norm, np.nan)):.3g}, "
               + (f"first non-finite: {first}" if first else "all finite"))
-    written = plots.training_figure(traces, os.path.join(out_dir, "training.png"), svg=args.svg,
-                                    title="ReLU RNN LM (init U(+-0.25), H=64, SGD lr 0.5)")
+    figures = [lambda: plots.training_figure(traces, os.path.join(out_dir, "training.png"), svg=args.svg,
+                                             title="ReLU RNN LM (init U(+-0.25), H=64, SGD lr 0.5)")]
     return {"training": {k: {"loss": v.loss.tolist(), "grad_norm": v.grad_norm.tolist(),
                              "first_nonfinite": str(v.first_nonfinite) if v.first_nonfinite else None}
                          for k, v in traces.items()},
-            "written": written}
+            "figures": figures}
 
 
 def _diagnose_checkpoint(args, out_dir) -> dict:
@@ -276,12 +325,14 @@ def _diagnose_checkpoint(args, out_dir) -> dict:
         print(f"{k:4d} " + " ".join(f"{hidden[l, T - 1 - k] / hidden[-1, -1]:10.2e}" for l in range(len(hidden)))
               + f" {acc[k]:9.3f} {sens[k]:11.2e}")
     print(f"probe chance (most frequent token): {float(np.mean(np.asarray(curve.chance))):.3f}")
-    written = plots.gradient_flow_figure(curves, os.path.join(out_dir, "gradient_flow.png"), svg=args.svg,
-                                         title=f"Gradient flow in {os.path.basename(args.checkpoint)}")
-    written += plots.decay_figure({model.config.cell: curve}, os.path.join(out_dir, "decay.png"),
-                                  svg=args.svg)
+    figures = [
+        lambda: plots.gradient_flow_figure(curves, os.path.join(out_dir, "gradient_flow.png"),
+                                           svg=args.svg,
+                                           title=f"Gradient flow in {os.path.basename(args.checkpoint)}"),
+        lambda: plots.decay_figure({model.config.cell: curve}, os.path.join(out_dir, "decay.png"),
+                                   svg=args.svg)]
     return {"grad_flow": hidden.tolist(), "lags": lags, "probe_accuracy": list(map(float, acc.values())),
-            "sensitivity": list(map(float, sens.values())), "written": written}
+            "sensitivity": list(map(float, sens.values())), "figures": figures}
 
 
 def _diagnose(argv) -> int:
@@ -300,7 +351,7 @@ def _diagnose(argv) -> int:
     if args.checkpoint is None and args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
-    os.makedirs(args.out, exist_ok=True)
+    _out_dir(args.out)
     if args.checkpoint is not None:
         try:
             result = _diagnose_checkpoint(args, args.out)
@@ -311,12 +362,13 @@ def _diagnose(argv) -> int:
         if args.train_steps:
             print()
             extra = _training_demo(args, args.out)
-            result["written"] += extra.pop("written")
+            result["figures"] += extra.pop("figures")
             result.update(extra)
-    with open(os.path.join(args.out, "diagnose.json"), "w") as f:
-        json.dump({k: v for k, v in result.items() if k != "written"}, f)
-    print(f"\nwrote {', '.join(result['written'])} and {os.path.join(args.out, 'diagnose.json')} "
-          f"({time.perf_counter() - t0:.0f}s)")
+    figures = result.pop("figures")
+    path = os.path.join(args.out, "diagnose.json")
+    _write_json(path, result)  # the results first: figures are optional
+    written = _draw(figures, args.quiet) + [path]
+    print(f"\nwrote {', '.join(written)} ({time.perf_counter() - t0:.0f}s)")
     return 0
 
 
@@ -399,8 +451,8 @@ def _tasks(argv) -> int:
     task_names = ["adding", "copy", "agreement"] if args.task == "all" else [args.task]
 
 
-    os.makedirs(args.out, exist_ok=True)
-    everything, written = {}, []
+    _out_dir(args.out)
+    everything, figures = {}, []
     for task_name in task_names:
         task = tasks.get_task(task_name)
         lengths = _int_list(args.lengths, "--lengths") if args.lengths else list(DEFAULT_LENGTHS[task_name])
@@ -433,12 +485,13 @@ def _tasks(argv) -> int:
         print(format_sweep_table(results, lengths, cells, args.need))
         everything[task.name] = {"lengths": lengths, "results": [result_to_dict(r) for r in results],
                                  "longest_solved": tasks.longest_solved(results, args.need)}
-        written += plots.sweep_figure(results, os.path.join(args.out, f"sweep_{task_name}.png"),
-                                      solved_at=task.solved_at, svg=args.svg)
+        figures.append(lambda results=results, task_name=task_name, task=task: plots.sweep_figure(
+            results, os.path.join(args.out, f"sweep_{task_name}.png"), solved_at=task.solved_at,
+            svg=args.svg))
     settings = {k: v for k, v in vars(args).items()}
     path = os.path.join(args.out, "tasks.json")
-    with open(path, "w") as f:
-        json.dump({"settings": settings, "tasks": everything}, f, indent=1)
+    _write_json(path, {"settings": settings, "tasks": everything}, indent=1)  # results first
+    written = _draw(figures, args.quiet)
     print(f"\nwrote {', '.join(written + [path])}")
     return 0
 

@@ -575,14 +575,19 @@ def _read_resume(run_dir: RunDir, corpus: Corpus, overrides: Optional[dict], giv
 
 def _open_run(out, runs_root: str, resume: bool, overwrite: bool,
               say: Callable[[str], None]) -> Writer:
-    """The run directory's writer (stale temporary files removed)."""
+    """The run directory's writer, holding the directory until it is closed (stale temporary
+    files removed)."""
     try:
         run_dir = open_run_dir(out, runs_root, resume=resume, overwrite=overwrite)
     except RunDirError as e:
         raise FitError(str(e)) from None
     writer = Writer(run_dir)
-    for stale in writer.remove_stale():
-        say(f"removed {stale}, left by an interrupted save")
+    try:
+        for stale in writer.remove_stale():
+            say(f"removed {stale}, left by an interrupted save")
+    except BaseException:
+        writer.close()
+        raise
     return writer
 
 
@@ -710,43 +715,44 @@ def fit(
         config = DEFAULT
     given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
     writer, saved = _open_run(out, runs_root, resume, overwrite, say), None
-    if resume:
-        config, saved, finished = _read_resume(writer.run_dir, corpus, overrides, given, say)
-        if finished is not None:
-            return finished
+    with writer:  # the run directory is held until the run ends; a start that never saved is undone
+        if resume:
+            config, saved, finished = _read_resume(writer.run_dir, corpus, overrides, given, say)
+            if finished is not None:
+                return finished
 
-    streams = _check_splits(config, corpus)
-    plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
-    config = plan.config  # no model description when the model came from Python
-    _check_memory(plan)
-    state, progress = _first_state(plan, saved, writer, say)
-    steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
-    if steps.rows is not None:
-        streams = streams[steps.rows]
-        if progress.carry is not None:
-            progress.carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[steps.rows],
-                                                    progress.carry)
-    if callbacks.on_start is not None:
-        callbacks.on_start(_start_info(plan, writer.run_dir, corpus, state, steps))
-    header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict(),
-              **({"given": list(plan.given)} if plan.given else {})}
+        streams = _check_splits(config, corpus)
+        plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
+        config = plan.config  # no model description when the model came from Python
+        _check_memory(plan)
+        state, progress = _first_state(plan, saved, writer, say)
+        steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
+        if steps.rows is not None:
+            streams = streams[steps.rows]
+            if progress.carry is not None:
+                progress.carry = jax.tree_util.tree_map(lambda x: np.asarray(x)[steps.rows],
+                                                        progress.carry)
+        if callbacks.on_start is not None:
+            callbacks.on_start(_start_info(plan, writer.final, corpus, state, steps))
+        header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict(),
+                  **({"given": list(plan.given)} if plan.given else {})}
 
-    with _StopRequests(handle_signals) as stop:
-        epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
-                         skip=on_nonfinite == "skip", max_windows=max_windows,
-                         save_every=save_every, stop=stop, callbacks=callbacks,
-                         names=leaf_names(state.params))
-        for epoch in range(progress.epoch, config.epochs):
-            state, stats, interrupted = epochs.train(epoch, state)
-            if interrupted or epochs.finish(epoch, state, stats):
-                say(_interrupted_note(writer.run_dir, progress))
-                return _result(writer.run_dir, state, progress, t_start)
+        with _StopRequests(handle_signals) as stop:
+            epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
+                             skip=on_nonfinite == "skip", max_windows=max_windows,
+                             save_every=save_every, stop=stop, callbacks=callbacks,
+                             names=leaf_names(state.params))
+            for epoch in range(progress.epoch, config.epochs):
+                state, stats, interrupted = epochs.train(epoch, state)
+                if interrupted or epochs.finish(epoch, state, stats):
+                    say(_interrupted_note(writer.run_dir, progress))
+                    return _result(writer.run_dir, state, progress, t_start)
 
-    test_ppl, n_test = epochs.test(state, say)
-    result = _result(writer.run_dir, state, progress, t_start, test_ppl)
-    writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
-                    "best_valid_ppl": result.best_valid_ppl, "wall_seconds": result.wall_seconds,
-                    "config": config.to_dict(), **{k: v for k, v in header.items() if k == "given"},
-                    **(data_info or {}), "history": progress.history,
-                    "skipped_windows": progress.skipped, "processes": jax.process_count()})
-    return result
+        test_ppl, n_test = epochs.test(state, say)
+        result = _result(writer.run_dir, state, progress, t_start, test_ppl)
+        writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
+                        "best_valid_ppl": result.best_valid_ppl, "wall_seconds": result.wall_seconds,
+                        "config": config.to_dict(), **{k: v for k, v in header.items() if k == "given"},
+                        **(data_info or {}), "history": progress.history,
+                        "skipped_windows": progress.skipped, "processes": jax.process_count()})
+        return result

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import tempfile
 from typing import Optional
 
+from jrnn.training.checkpoint import CheckpointError
+
 __all__ = [
     "RUN_FILES",
+    "RunPointerError",
     "holds_run",
     "new_run_dir",
     "write_latest",
@@ -30,6 +34,10 @@ __all__ = [
 
 # Files whose presence means a directory holds a run.
 RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json")
+
+
+class RunPointerError(CheckpointError):
+    """A ``latest`` pointer that names a directory outside its runs root."""
 
 
 def holds_run(path: str) -> bool:
@@ -62,13 +70,25 @@ def write_latest(root: str, run_dir: str) -> None:
 
 
 def read_latest(root: str) -> Optional[str]:
-    """The run directory ``root/latest`` names, or ``None`` when there is no pointer."""
+    """The run directory ``root/latest`` names, or ``None`` when there is no pointer.
+
+    Raises:
+      RunPointerError: the pointer names a directory outside ``root`` (an
+        absolute path, ``..``, or a link leading out): jrnn never follows it.
+    """
     pointer = os.path.join(root, "latest")
     if not os.path.isfile(pointer):
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    return os.path.join(root, name) if name else None
+    with open(pointer, errors="replace") as f:
+        name = f.read(4096).strip()
+    if not name:
+        return None
+    target = os.path.join(root, name)
+    inside, real = os.path.realpath(root), os.path.realpath(target)
+    if os.path.isabs(name) or real == inside or os.path.commonpath([inside, real]) != inside:
+        raise RunPointerError(f"{pointer} names {name!r}, outside {root}; a latest pointer must "
+                              "name a run inside its runs root (give the run directory itself)")
+    return target
 
 
 def resolve_run(path: str) -> str:
@@ -83,11 +103,17 @@ def resolve_run(path: str) -> str:
 
 
 def remove_stale_temporaries(run_dir: str) -> list[str]:
-    """Delete temporary checkpoint files a killed save left behind; return their names."""
-    stale = glob.glob(os.path.join(glob.escape(run_dir), "*.ckpt.*.tmp"))
-    for path in stale:
+    """Delete temporary checkpoint files a killed save left behind; return their names.
+
+    Only regular files this user owns are removed (what ``checkpoint.save``'s
+    ``mkstemp`` makes), never a link or what it points at."""
+    stale = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), "*.ckpt.*.tmp")):
         try:
-            os.unlink(path)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(path)
+                stale.append(path)
         except OSError:
             pass
     return stale
