@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import stat
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -94,7 +95,8 @@ class Vocabulary:
         ranked = [t for t, c in counts.most_common() if c >= min_freq]
         if max_size is not None:
             if max_size < len(specials) + 1:
-                raise ValueError(f"max_size must be at least {len(specials) + 1}, got {max_size}")
+                raise DataError(f"max_size (--max-vocab) must be at least {len(specials) + 1} "
+                                f"(the tokens {', '.join(specials)} and one more), got {max_size}")
             ranked = ranked[: max_size - len(specials)]
         return cls(specials + ranked, level)
 
@@ -176,7 +178,13 @@ def read_text(path: str) -> str:
         raise DataError(f"{path}: no such file; pass --data with a text file or a PTB-style directory")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            # A regular file, read no further than it holds: a device or a pipe
+            # (/dev/zero, /dev/stdin; a path a checkpoint's header names) would be endless.
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{path}: not a regular file; jrnn reads text from files "
+                                "(save the text to a file first)")
+            raw = f.read(info.st_size)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:
@@ -205,23 +213,63 @@ def _ids(vocab: Vocabulary, lines: list[str]) -> np.ndarray:
     return np.array(out, np.int32)
 
 
+_SPLITS = ("train", "valid", "test")
+
+
+def _ptb_files(path: str, names: list, level: str) -> tuple[dict, Optional[str]]:
+    """``({split: file name}, note)``: the one set of ``PREFIX{train,valid,test}.txt`` files
+    in a directory.  Several sets are ambiguous: at word level, Mikolov's layout (``ptb.*.txt``
+    beside ``ptb.char.*.txt``) takes the one set that is not a ``char`` set, and the note says
+    so; anything else is refused, naming the sets."""
+    sets: dict = {}
+    for split in _SPLITS:
+        match = [n for n in names if n.endswith(f".{split}.txt") or n == f"{split}.txt"]
+        if not match:
+            raise DataError(f"{path}: no *.{split}.txt file (a PTB-style directory needs train, "
+                            "valid and test)")
+        for n in match:
+            sets.setdefault(n[: -len(f"{split}.txt")], {})[split] = n
+    if all(sum(1 for p in sets.values() if s in p) == 1 for s in _SPLITS):
+        return {s: next(p[s] for p in sets.values() if s in p) for s in _SPLITS}, None
+    complete = {p: f for p, f in sets.items() if len(f) == len(_SPLITS)}
+
+    def shown(prefixes):
+        return ", ".join(f"{p}{{train,valid,test}}.txt" for p in sorted(prefixes))
+
+    def is_char(prefix):
+        return "char" in prefix.lower().split(".")
+    if level == "word":
+        words = [p for p in complete if not is_char(p)]
+        if len(words) == 1:
+            others = sorted(n for p, f in sets.items() if p != words[0] for n in f.values())
+            return complete[words[0]], (
+                f"{path}: using the word-level files {shown(words)}; also here, not used: "
+                f"{', '.join(others)}")
+    raise DataError(f"{path}: several candidate files per split ({shown(sets)}); which is the "
+                    "corpus is ambiguous: keep one set of *.train/valid/test.txt files in the "
+                    "directory" + (", or pass --level word for the word-level set"
+                                   if level != "word" and any(not is_char(p) for p in complete)
+                                   else ""))
+
+
 def load_ptb_dir(
-    path: str, *, level: str = "word", max_vocab: Optional[int] = None, min_freq: int = 1
+    path: str, *, level: str = "word", max_vocab: Optional[int] = None, min_freq: int = 1,
+    on_note: Optional[Callable[[str], None]] = None,
 ) -> Corpus:
     """Load a directory holding ``*.train.txt``, ``*.valid.txt`` and ``*.test.txt``.
 
     That is the layout of Mikolov's Penn Treebank and of WikiText-2.  The
-    vocabulary is built from the training split only.
+    vocabulary is built from the training split only.  Mikolov's original
+    folder (``ptb.char.train.txt`` beside ``ptb.train.txt``) gives the
+    word-level files at word level, and ``on_note`` is told which were
+    chosen; any other ambiguity is a :class:`DataError` naming the candidates.
     """
     if not os.path.isdir(path):
         raise DataError(f"{path}: not a directory; expected *.train.txt, *.valid.txt, *.test.txt")
-    names = sorted(os.listdir(path))
-    files = {}
-    for split in ("train", "valid", "test"):
-        match = [n for n in names if n.endswith(f".{split}.txt") or n == f"{split}.txt"]
-        if not match:
-            raise DataError(f"{path}: no *.{split}.txt file (a PTB-style directory needs train, valid and test)")
-        files[split] = os.path.join(path, match[0])
+    chosen, note = _ptb_files(path, sorted(os.listdir(path)), level)
+    if note and on_note is not None:
+        on_note(note)
+    files = {split: os.path.join(path, name) for split, name in chosen.items()}
     texts = {s: read_text(f) for s, f in files.items()}
     lines = {s: _lines(t, level) for s, t in texts.items()}
     vocab = Vocabulary.build(lines["train"], level=level, max_size=max_vocab, min_freq=min_freq)
@@ -261,6 +309,7 @@ def load_corpus(path: str, *, level: str = "word", **kwargs) -> Corpus:
     """A PTB-style directory or a single text file, whichever ``path`` is."""
     if os.path.isdir(path):
         return load_ptb_dir(path, level=level, **kwargs)
+    kwargs.pop("on_note", None)  # one file: nothing to choose
     if os.path.exists(path):
         return load_text_file(path, level=level, **kwargs)
     raise DataError(
@@ -311,13 +360,27 @@ def builtin_lines(num_sentences: int = 20000, seed: int = 0) -> list[str]:
     return lines
 
 
+def _check_max_vocab(max_vocab, level: str) -> None:
+    """``--max-vocab`` counts the special tokens: at least them and one more."""
+    specials = [EOS, UNK] if level == "word" else [UNK]
+    if max_vocab is None:
+        return
+    if isinstance(max_vocab, bool) or not isinstance(max_vocab, (int, np.integer)) \
+            or max_vocab < len(specials) + 1:
+        raise DataError(f"--max-vocab must be at least {len(specials) + 1} at {level} level (it "
+                        f"counts {' and '.join(specials)}, and one more token), got {max_vocab!r}")
+
+
 def open_corpus(data: Optional[str], level: Optional[str] = None, max_vocab: Optional[int] = None,
-                min_freq: int = 1, on_download: Optional[Callable[[str], None]] = None) -> Corpus:
+                min_freq: int = 1, on_download: Optional[Callable[[str], None]] = None,
+                on_note: Optional[Callable[[str], None]] = None) -> Corpus:
     """What ``jrnn train --data`` accepts: ``None`` (the built-in corpus), a PTB-style
     directory, a text file, or the name of a corpus in :data:`CORPORA` (downloaded once
     and cached; ``on_download(message)`` is told first).  ``level`` defaults to ``word``
-    for directories and ``char`` for single files."""
+    for directories and ``char`` for single files; ``on_note(message)`` is told which files
+    of a directory were chosen when it holds several sets (Mikolov's PTB folder)."""
     if data is None:
+        _check_max_vocab(max_vocab, "word")
         return builtin_corpus()
     if not os.path.exists(data) and data in CORPORA:
         if on_download is not None:
@@ -331,7 +394,9 @@ def open_corpus(data: Optional[str], level: Optional[str] = None, max_vocab: Opt
                         f"corpus name to download ({', '.join(sorted(CORPORA))})")
     if level is None:
         level = "word" if os.path.isdir(data) else "char"
-    return load_corpus(data, level=level, max_vocab=max_vocab, min_freq=min_freq)
+    _check_max_vocab(max_vocab, level)
+    return load_corpus(data, level=level, max_vocab=max_vocab, min_freq=min_freq,
+                       on_note=on_note)
 
 
 def builtin_corpus(num_sentences: int = 20000, seed: int = 0) -> Corpus:

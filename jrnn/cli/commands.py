@@ -70,7 +70,8 @@ def _config(args) -> TrainConfig:
 def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
     """:func:`jrnn.data.open_corpus`, telling the user when it downloads."""
     return D.open_corpus(data, level, max_vocab, min_freq,
-                         on_download=lambda text: print(text, file=sys.stderr))
+                         on_download=lambda text: print(text, file=sys.stderr),
+                         on_note=lambda text: print(f"note: {text}", file=sys.stderr))
 
 
 class _Progress:
@@ -239,6 +240,51 @@ def group_lost_message(error: Exception) -> str:
 load_for_use = load_for_inference
 
 
+def _header_data(checkpoint: str, meta: dict):
+    """``(data, level, max_vocab, min_freq)`` a checkpoint's header names, checked as data:
+    a corpus name, or a path to a regular file or a directory (read no further than the
+    files hold, by :func:`jrnn.data.read_text`); anything else is refused in one line."""
+    data, level = meta.get("data"), meta.get("level")
+    max_vocab, min_freq = meta.get("max_vocab"), meta.get("min_freq", 1)
+    bad = None
+    if data is not None and not isinstance(data, str):
+        bad = f"data {data!r}"
+    elif level not in (None, "word", "char"):
+        bad = f"level {level!r}"
+    elif max_vocab is not None and (isinstance(max_vocab, bool) or not isinstance(max_vocab, int)):
+        bad = f"max_vocab {max_vocab!r}"
+    elif min_freq is not None and (isinstance(min_freq, bool) or not isinstance(min_freq, int)):
+        bad = f"min_freq {min_freq!r}"
+    if bad:
+        raise CheckpointError(f"{checkpoint}: its header names {bad}, which is not a corpus; "
+                              "pass --data (or --file) to evaluate")
+    if data is not None and os.path.exists(data) and not (
+            os.path.isdir(data) or os.path.isfile(data)):
+        raise CheckpointError(f"{checkpoint}: its header names {data} as its data, which is not "
+                              "a file or a directory; pass --data (or --file) to evaluate")
+    return data, level, max_vocab, min_freq or 1
+
+
+def _mean_nll_text(mean_nll: float) -> str:
+    """A perplexity ``exp(mean_nll)`` as text, saying so where a float cannot hold it."""
+    if mean_nll >= 700:
+        return f"above 1e304 (e^{mean_nll:.4g})" if math.isfinite(mean_nll) else "above 1e304"
+    return f"{math.exp(mean_nll):.2f}"
+
+
+def _largest(params) -> str:
+    leaves = [np.max(np.abs(np.asarray(x))) for x in jax.tree_util.tree_leaves(params)
+              if np.size(x)]
+    return f"{max(leaves):.3g}" if leaves else "?"
+
+
+def _not_finite(checkpoint: str, params, what: str) -> CheckpointError:
+    """The one line for a model whose float32 arithmetic overflows on the input."""
+    return CheckpointError(f"{checkpoint}: the model's {what} are not finite (its parameters "
+                           f"reach {_largest(params)}, beyond what float32 arithmetic holds); "
+                           "this checkpoint cannot score text")
+
+
 def cmd_eval(args) -> int:
     for name in ("batch_size", "bptt"):
         _positive(flag(name), getattr(args, name))
@@ -252,14 +298,23 @@ def cmd_eval(args) -> int:
         ids = D._ids(vocab, lines)
         name = args.file
     else:
-        data = args.data if args.data is not None else meta.get("data")
-        corpus = load_corpus(data, meta.get("level"), meta.get("max_vocab"), meta.get("min_freq", 1))
+        if args.data is not None:
+            data, level = args.data, meta.get("level")
+            max_vocab, min_freq = meta.get("max_vocab"), meta.get("min_freq", 1)
+        else:
+            data, level, max_vocab, min_freq = _header_data(args.checkpoint, meta)
+        corpus = load_corpus(data, level, max_vocab, min_freq)
         if corpus.vocab != vocab:
             _fail(f"{args.checkpoint}: trained with another vocabulary than {data or 'the built-in corpus'} gives")
         ids = getattr(corpus, args.split)
         name = f"{corpus.name or data} {args.split}"
     ppl, n = trainer.evaluate(model, params, ids, batch_size=args.batch_size, bptt=args.bptt)
-    print(f"{name}: perplexity {ppl:.2f} over {n} tokens")
+    if math.isnan(ppl):
+        raise _not_finite(args.checkpoint, params, "losses")
+    # evaluate() caps the mean loss at 700 nats (a perplexity of e^700): above it, say so.
+    text = ("above 1e304 (the mean loss exceeds 700 nats per token)"
+            if ppl >= math.exp(700.0) * (1 - 1e-9) else f"{ppl:.2f}")
+    print(f"{name}: perplexity {text} over {n} tokens")
     return 0
 
 
@@ -281,6 +336,8 @@ def cmd_score(args) -> int:
     _warn_unknown(vocab, sentences)
     tokens, lengths = vocab.encode_batch(sentences)
     tlp = np.asarray(jrnn.token_log_probs(model, params, tokens, lengths))
+    if not np.all(np.isfinite(tlp)):
+        raise _not_finite(args.checkpoint, params, "log-probabilities")
     rows = []
     for i, s in enumerate(sentences):
         n = int(lengths[i]) - 1
@@ -290,7 +347,7 @@ def cmd_score(args) -> int:
     for rank, (lp, s, per) in enumerate(rows, 1):
         n = len(per)
         print(f"{rank}. {s!r}: log p = {lp:.3f} (log10 {lp / math.log(10):.3f}), "
-              f"perplexity {math.exp(-lp / n):.2f} over {n} tokens")
+              f"perplexity {_mean_nll_text(-lp / n)} over {n} tokens")
         print("   " + "  ".join(f"{w}:{p:.4f}" for w, p in per))
     return 0
 
@@ -302,6 +359,8 @@ def cmd_next(args) -> int:
     _warn_unknown(vocab, [args.context])
     ids = [vocab.eos_id] + vocab.encode(args.context, add_eos=False)
     lp = np.asarray(jrnn.next_token_log_probs(model, params, np.array([ids], np.int32)))[0]
+    if not np.all(np.isfinite(lp)):
+        raise _not_finite(args.checkpoint, params, "log-probabilities")
     top = np.argsort(-lp)[: args.top]
     print(f"after {args.context!r}:")
     for rank, i in enumerate(top, 1):
@@ -322,19 +381,23 @@ def cmd_generate(args) -> int:
     def one(params, tok, carry, key):
         logits, carry = model.apply(params, tok, carry)
         nxt = jax.random.categorical(key, logits[:, -1] / args.temperature)
-        return nxt[:, None].astype(jnp.int32), carry
+        return nxt[:, None].astype(jnp.int32), carry, jnp.all(jnp.isfinite(logits))
 
     if args.prompt:
         _warn_unknown(vocab, [args.prompt])
     prompt = [vocab.eos_id] + (vocab.encode(args.prompt, add_eos=False) if args.prompt else [])
-    _, carry = model.apply(params, jnp.array([prompt[:-1]], jnp.int32)) if len(prompt) > 1 else (None, None)
+    logits, carry = model.apply(params, jnp.array([prompt[:-1]], jnp.int32)) if len(prompt) > 1 else (None, None)
+    if logits is not None and not bool(jnp.all(jnp.isfinite(logits))):
+        raise _not_finite(args.checkpoint, params, "logits")
     carry = carry if carry is not None else model.initial_carry(1)
     tok = jnp.array([[prompt[-1]]], jnp.int32)
     key = jax.random.PRNGKey(args.seed)
     out = []
     for _ in range(args.words):
         key, sub = jax.random.split(key)
-        tok, carry = one(params, tok, carry, sub)
+        tok, carry, finite = one(params, tok, carry, sub)
+        if not bool(finite):
+            raise _not_finite(args.checkpoint, params, "logits")
         out.append(int(tok[0, 0]))
     if vocab.level == "word":
         words = [("\n" if vocab.itos[i] == "<eos>" else vocab.itos[i]) for i in out]

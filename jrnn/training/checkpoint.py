@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -74,8 +75,17 @@ def load_raw(path: str) -> tuple[dict, dict]:
         path = os.path.join(path, "best.ckpt")
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no checkpoint here; train one with `jrnn train --out DIR`")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            # A regular file only, and no more than it holds: a device or a pipe
+            # (/dev/zero, /dev/stdin) would be read without end.
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise CheckpointError(f"{path}: not a regular file; a checkpoint is a file "
+                                      "written by `jrnn train`")
+            data = f.read(info.st_size)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     try:
         payload = serialization.msgpack_restore(data)
         meta = json.loads(payload["header"])
@@ -101,27 +111,61 @@ def load_carry(meta: dict, template: Any, path: str = "checkpoint") -> Any:
     return restore_into(template, saved, path)
 
 
+def _keys_mismatch(template: Any, state_dict: Any, where: str = "") -> Optional[str]:
+    """The first place where the saved dicts' keys differ from the template's, said in words."""
+    if not isinstance(template, dict) or not isinstance(state_dict, dict):
+        return None
+    want = {str(k) for k in serialization.to_state_dict(template)}
+    got = {str(k) for k in state_dict}
+    if want != got:
+        return (f"{where or 'the top level'} holds {', '.join(sorted(got)) or 'nothing'} where "
+                f"the model has {', '.join(sorted(want)) or 'nothing'}")
+    for k, v in serialization.to_state_dict(template).items():
+        found = _keys_mismatch(v, state_dict[str(k)], f"{where}/{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def _shape_dtype(leaf: Any) -> tuple:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return tuple(leaf.shape), np.dtype(leaf.dtype)
+    a = np.asarray(leaf)
+    return a.shape, a.dtype
+
+
 def restore_into(template: Any, state_dict: dict, path: str = "checkpoint") -> Any:
     """Fill ``template`` (a pytree shaped like the saved state) from ``state_dict``.
 
-    Every leaf's shape must match: a checkpoint from another vocabulary or
-    model size is refused with the first mismatch named.
+    Every leaf's shape must match: a checkpoint from another vocabulary, model
+    size or cell kind is refused with the first mismatch named.  ``template``
+    may be abstract (``jax.eval_shape`` of the model's ``init``, leaves
+    :class:`jax.ShapeDtypeStruct`): then the check runs before anything of
+    the model's size is allocated, and the leaves returned are the file's
+    arrays (NumPy) -- what a checkpoint makes jrnn allocate is what it holds.
     """
     try:
         restored = serialization.from_state_dict(template, state_dict)
     except Exception as e:
-        raise CheckpointError(f"{path}: does not fit this model ({e})") from None
+        where = _keys_mismatch(template, state_dict) or \
+            (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: does not fit this model ({where}; a checkpoint of "
+                              "another cell kind or model)") from None
     t_leaves = jax.tree_util.tree_leaves_with_path(template)
     r_leaves = jax.tree_util.tree_leaves(restored)
+    if len(t_leaves) != len(r_leaves):
+        raise CheckpointError(f"{path}: does not fit this model (it holds {len(r_leaves)} arrays "
+                              f"where the model has {len(t_leaves)})")
     for (kp, t), r in zip(t_leaves, r_leaves):
         name = jax.tree_util.keystr(kp)
-        if np.shape(t) != np.shape(r):
+        (t_shape, t_dtype), r_shape = _shape_dtype(t), np.shape(r)
+        if t_shape != r_shape:
             raise CheckpointError(
-                f"{path}: {name} has shape {np.shape(r)} but the model needs {np.shape(t)} "
-                "(a checkpoint of another vocabulary or model size)"
+                f"{path}: {name} has shape {r_shape} but the model needs {t_shape} "
+                "(a checkpoint of another vocabulary, model size or cell kind)"
             )
-        t_kind, r_kind = np.asarray(t).dtype.kind, np.asarray(r).dtype.kind
-        if t_kind == "f" and r_kind != "f":
+        r_kind = np.asarray(r).dtype.kind
+        if t_dtype.kind == "f" and r_kind != "f":
             raise CheckpointError(f"{path}: {name} holds {np.asarray(r).dtype} values where the "
                                   "model needs floating point")
     return restored
