@@ -14,7 +14,9 @@ V = 11
 
 
 def _lm(kind, act="tanh", layers=2, tie=False, E=5, H=6):
-    model = jrnn.rnn_lm(V, cell=kind, activation=act, embed_size=E, hidden_size=H,
+    # The activation is the Elman cell's; the other kinds refuse one.
+    model = jrnn.rnn_lm(V, cell=kind, activation=act if kind == "elman" else None,
+                        embed_size=E, hidden_size=H,
                         num_layers=layers, tie_embeddings=tie)
     return model, model.init(jax.random.PRNGKey(3), jnp.float64)
 

@@ -46,7 +46,7 @@ def test_rnn_lm_with_projections_gradients_equal_autodiff():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(cell="gru", proj_size=3), "proj_size is for the LSTM"),
+    (dict(cell="gru", proj_size=3), "proj_size applies to 'lstm' models, not 'gru'"),
     (dict(proj_size=8), "smaller than hidden_size"),
     (dict(proj_size=0), "proj_size must be"),
     (dict(proj_size=3, tie_embeddings=True), "embed_size equal to proj_size"),
@@ -62,7 +62,7 @@ def test_train_config_and_cli_take_proj_size(tmp_path, capsys):
     assert model.init(jax.random.PRNGKey(0))["layers"][0]["W_hr"].shape == (16, 8)
     assert estimate_bytes(cfg, 30) < estimate_bytes(cfg.replace(proj_size=None, tie_embeddings=False,
                                                                 embed_size=16), 30)
-    with pytest.raises(ConfigError, match="proj_size is for the LSTM"):
+    with pytest.raises(ConfigError, match="proj_size applies to 'lstm' models, not 'elman'"):
         DEFAULT.replace(cell="elman", proj_size=4)
     assert main(["train", "--cell", "lstm", "--hidden-size", "16", "--proj-size", "16"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -34,11 +34,18 @@ def unroll_cases(draw):
 def test_unroll_matches_reference_for_random_cases(case):
     kind, act, T, B, D, H, lengths, reverse, seed = case
     cell = jrnn.make_cell(kind, H, activation=act)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    params = cell.init(k1, D, jnp.float64)
-    xs = jax.random.normal(k2, (T, B, D), jnp.float64)
     lengths = jnp.array(lengths)
-    carry, hs = jrnn.unroll(cell, params, xs, lengths=lengths, reverse=reverse)
+
+    # One compiled program per example (eagerly, every small op of a new shape
+    # compiles on its own: seconds per example for the same numbers).
+    @jax.jit
+    def run(seed):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+        params = cell.init(k1, D, jnp.float64)
+        xs = jax.random.normal(k2, (T, B, D), jnp.float64)
+        return params, xs, jrnn.unroll(cell, params, xs, lengths=lengths, reverse=reverse)
+
+    params, xs, (carry, hs) = run(seed)
     want_hs, want_h, _ = ref.cell_forward(kind, params, xs, activation=act, lengths=lengths,
                                           reverse=reverse)
     chex.assert_trees_all_close(hs, want_hs, atol=1e-10)
@@ -57,11 +64,16 @@ def test_unroll_matches_reference_for_random_cases(case):
 )
 def test_grad_matches_hand_written_bptt_for_random_cases(kind, B, T, V, H, layers, seed):
     model = jrnn.rnn_lm(V, cell=kind, embed_size=3, hidden_size=H, num_layers=layers)
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = model.init(k1, jnp.float64)
-    x = jax.random.randint(k2, (B, T), 0, V)
-    y = jax.random.randint(k3, (B, T), 0, V)
-    g = jax.grad(lambda p: jrnn.sequence_loss(model, p, x, y)[0])(params)
+    rng = np.random.default_rng(seed)  # (NumPy: no compile per shape)
+    x, y = (jnp.asarray(rng.integers(0, V, (B, T))) for _ in range(2))
+
+    # One compiled program per example (init and gradient), not one per small op.
+    @jax.jit
+    def run(key):
+        params = model.init(key, jnp.float64)
+        return params, jax.grad(lambda p: jrnn.sequence_loss(model, p, x, y)[0])(params)
+
+    params, g = run(jax.random.PRNGKey(seed))
     chex.assert_trees_all_close(g, ref.lm_grads(kind, to_np(params), x, y), atol=1e-10, rtol=1e-8)
 
 

@@ -23,7 +23,7 @@ from jrnn.core.validation import ConfigError
 from jrnn.core.validation import config_int as _int
 from jrnn.core.validation import config_number as _number
 
-__all__ = ["ModelConfig", "ConfigError", "MODEL_KINDS"]
+__all__ = ["ModelConfig", "ConfigError", "MODEL_KINDS", "applies"]
 
 # What ``ModelConfig.cell`` can name: a recurrent cell kind, or the fixed-window NNLM.
 MODEL_KINDS = CELL_KINDS + ("nnlm",)
@@ -31,6 +31,35 @@ MODEL_KINDS = CELL_KINDS + ("nnlm",)
 
 def _rate(name: str, v) -> float:
     return _number(name, v, low=0.0, low_open=False, high=1.0, high_open=True)
+
+
+_RNNS = CELL_KINDS
+# (field, the kinds it applies to, its default): set elsewhere, it is refused.
+_APPLIES = (
+    ("activation", ("elman",), None),
+    ("forget_bias", ("lstm",), 0.0),
+    ("proj_size", ("lstm",), None),
+    ("context_size", ("nnlm",), None),
+    ("num_layers", _RNNS, None),  # the NNLM has one hidden layer (1 is accepted)
+    ("tie_embeddings", _RNNS, False),
+    ("method", _RNNS, "auto"),
+    ("scan_unroll", _RNNS, None),
+    ("remat", _RNNS, False),
+    ("variational", _RNNS, False),
+    ("weight_dropout", _RNNS, 0.0),
+    ("embedding_dropout", _RNNS, 0.0),
+    ("recurrence_precision", _RNNS, "float32"),
+)
+
+
+def applies(name: str, kind: str) -> bool:
+    """Whether field ``name`` means something for a model of ``kind`` (a kind's name).
+
+    Example:
+      >>> applies("forget_bias", "lstm"), applies("forget_bias", "gru"), applies("dropout", "nnlm")
+      (True, False, True)
+    """
+    return all(kind in kinds for field, kinds, _ in _APPLIES if field == name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +70,12 @@ class ModelConfig:
     ``"nnlm"`` for the fixed-window model), one :class:`jrnn.Cell` or a tuple
     of them (one per layer).  With cells given, their sizes are theirs:
     ``hidden_size``, ``activation`` and ``proj_size`` stay ``None``; with a
-    kind, ``None`` means ``hidden_size=200``, ``activation="tanh"`` (a name
-    or any callable, for ``"elman"``).
+    kind, ``None`` means ``hidden_size=200`` (and ``activation="tanh"`` for
+    ``"elman"``: a name or any callable).  A field set for a kind it does
+    not apply to is refused, never ignored: ``activation`` is the Elman
+    cell's, ``forget_bias`` and ``proj_size`` the LSTM's, ``context_size``
+    the NNLM's, the recurrence's options (``num_layers`` above 1,
+    ``tie_embeddings``, ``method``, ``remat``, ...) the recurrent models'.
     ``num_layers=None`` means 2 (or one layer per cell given).
     ``init_scale=None`` keeps each cell's default init (U(+-1/sqrt(H)), as
     PyTorch) and U(+-0.1) for the embedding and output layer; a number
@@ -55,8 +88,12 @@ class ModelConfig:
 
     Example:
       >>> cfg = ModelConfig(hidden_size=8, num_layers=1)
-      >>> cfg.cell, cfg.activation, cfg.replace(cell="gru").hidden_size
+      >>> cfg.cell, cfg.replace(cell="elman").activation, cfg.replace(cell="gru").hidden_size
       ('lstm', 'tanh', 8)
+      >>> ModelConfig(cell="gru", forget_bias=1.0)
+      Traceback (most recent call last):
+      ...
+      jrnn.core.validation.ConfigError: forget_bias applies to 'lstm' models, not 'gru' (got 1.0)
       >>> ModelConfig(dropout=1.0)
       Traceback (most recent call last):
       ...
@@ -68,7 +105,7 @@ class ModelConfig:
     num_layers: Optional[int] = None
     embed_size: int = 200
     hidden_size: Optional[int] = None
-    context_size: int = 4  # the NNLM's window: n - 1 previous words
+    context_size: Optional[int] = None  # the NNLM's window, n - 1 previous words (default 4)
     dropout: float = 0.0
     tie_embeddings: bool = False
     init_scale: Optional[float] = None
@@ -89,8 +126,7 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("dropout", "recurrent_dropout", "weight_dropout", "embedding_dropout"):
             object.__setattr__(self, name, float(_rate(name, getattr(self, name))))
-        for name in ("embed_size", "context_size"):
-            _int(name, getattr(self, name))
+        _int("embed_size", self.embed_size)
         if self.vocab_size is not None:
             _int("vocab_size", self.vocab_size)
         _number("forget_bias", self.forget_bias)
@@ -125,11 +161,16 @@ class ModelConfig:
         if self.cell not in MODEL_KINDS:
             raise ConfigError(f"cell must be one of {list(MODEL_KINDS)}, a jrnn.Cell or a tuple "
                               f"of them, got {self.cell!r}")
-        activation = "tanh" if self.activation is None else self.activation
-        if not callable(activation) and activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {list(ACTIVATIONS)} or a callable, "
-                              f"got {activation!r}")
-        object.__setattr__(self, "activation", activation)
+        self._check_applies()
+        if self.cell == "elman":
+            activation = "tanh" if self.activation is None else self.activation
+            if not callable(activation) and activation not in ACTIVATIONS:
+                raise ConfigError(f"activation must be one of {list(ACTIVATIONS)} or a callable, "
+                                  f"got {activation!r}")
+            object.__setattr__(self, "activation", activation)
+        if self.cell == "nnlm":
+            object.__setattr__(self, "context_size", _int(
+                "context_size", 4 if self.context_size is None else self.context_size))
         object.__setattr__(self, "hidden_size",
                            _int("hidden_size", 200 if self.hidden_size is None else self.hidden_size))
         object.__setattr__(self, "num_layers",
@@ -145,6 +186,17 @@ class ModelConfig:
                 raise ConfigError(f"proj_size is for the LSTM and must be smaller than "
                                   f"hidden_size ({self.hidden_size}), got {self.proj_size} "
                                   f"with cell {self.cell!r}")
+
+    def _check_applies(self):
+        """Refuse a field set away from its default for a kind it does not apply to."""
+        for name, kinds, default in _APPLIES:
+            value = getattr(self, name)
+            if self.cell not in kinds and value != default and not (
+                    name == "num_layers" and value == 1):
+                where = ("the recurrent models" if kinds == _RNNS
+                         else " and ".join(f"{k!r}" for k in kinds) + " models")
+                raise ConfigError(f"{name} applies to {where}, not {self.cell!r} "
+                                  f"(got {value!r})")
 
     def _check_cells(self):
         cells = (self.cell,) if isinstance(self.cell, Cell) else self.cell
@@ -189,12 +241,19 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with ``changes`` (checked like a new config); unknown names are refused.
 
-        Fields a kind fills in (``hidden_size``, ``activation``) keep their
-        values unless changed.
+        Changing ``cell`` to another kind resets the fields that do not
+        apply to the new kind (unless they are changed too), so a preset's
+        activation does not follow it to an LSTM; a field changed here that
+        does not apply is refused.
         """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"unknown model option(s): {', '.join(unknown)}")
+        new_kind = changes.get("cell", self.cell)
+        if isinstance(new_kind, str) and new_kind != self.cell:
+            for name, kinds, default in _APPLIES:
+                if name not in changes and new_kind not in kinds:
+                    changes[name] = None if name == "num_layers" else default
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -210,7 +269,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> "ModelConfig":
-        """The config :meth:`to_dict` wrote."""
+        """The config :meth:`to_dict` wrote.
+
+        Fields that do not apply to the file's kind are dropped (files written
+        while 0.3 was being made still stored every field, as 0.2 did).
+        """
         if not isinstance(d, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
+        kind = d.get("cell", "lstm")
+        if isinstance(kind, str):
+            d = {k: v for k, v in d.items() if applies(k, kind)}
         return cls().replace(**d)

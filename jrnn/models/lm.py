@@ -123,7 +123,7 @@ def _uniform(key, shape, scale, dtype):
 def _layer_cells(config: ModelConfig) -> tuple:
     """The cell of each layer: ``num_layers`` cells of the kind named, or the cells given."""
     if isinstance(config.cell, str):
-        one = make_cell(config.cell, config.hidden_size, activation=config.activation,
+        one = make_cell(config.cell, config.hidden_size, activation=config.activation or "tanh",
                         forget_bias=config.forget_bias, init_scale=config.init_scale,
                         proj_size=config.proj_size)
         cells = (one,) * config.num_layers

@@ -21,7 +21,7 @@ from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
 from jrnn.core.validation import ConfigError
 from jrnn.core.validation import config_int as _positive_int
 from jrnn.core.validation import config_number as _finite
-from jrnn.models.config import MODEL_KINDS, ModelConfig
+from jrnn.models.config import MODEL_KINDS, ModelConfig, applies
 from jrnn.training.loop import OPTIMIZERS as _OPTIMIZERS
 
 __all__ = ["TrainConfig", "ModelConfig", "ConfigError", "PRESETS", "DEFAULT"]
@@ -132,15 +132,19 @@ class TrainConfig:
 
 
 def _from_flat(d: dict, own: set) -> dict:
-    """0.2's flat training config as ``replace`` arguments (old names renamed)."""
+    """0.2's flat training config as ``replace`` arguments: old names renamed, and the fields
+    that did not apply to its cell dropped (0.2 stored every field and ignored those)."""
+    kind = d.get("cell", "lstm")
     out = {}
     for k, v in d.items():
         k = _OLD_NAMES.get(k, k)
         if k == "unroll":  # "auto" or a lax.scan unroll factor
-            out.update(method="auto") if v == "auto" else out.update(method="scan", scan_unroll=v)
-        elif k in own or k in _MODEL_FIELDS:
+            if kind != "nnlm":
+                out.update(method="auto") if v == "auto" else out.update(method="scan",
+                                                                         scan_unroll=v)
+        elif k in own or (k in _MODEL_FIELDS and applies(k, kind)):
             out[k] = v
-    if out.get("cell") == "nnlm" and out.get("init_scale") is None:
+    if kind == "nnlm" and out.get("init_scale") is None:
         out["init_scale"] = 0.1  # 0.2 built its NNLM with init_scale or 0.1
     return out
 
