@@ -174,3 +174,9 @@ def test_method_and_precision_are_separate_arguments():
     model = jrnn.rnn_lm(20, embed_size=3, hidden_size=8, num_layers=1, method="pallas",
                         recurrence_precision="bfloat16")
     assert model.config.recurrence_precision == "bfloat16"
+
+
+def test_params_of_another_cell_kind_are_named_before_jax_broadcasts():
+    lstm_params = jrnn.lstm(8).init(jax.random.PRNGKey(0), 3)
+    with pytest.raises(ValueError, match="not this 'gru' cell's: they hold .*'W': \\(3, 32\\)"):
+        jrnn.unroll(jrnn.gru(8), lstm_params, jnp.ones((4, 2, 3)))

@@ -112,8 +112,9 @@ def test_diagonal_gradients_equal_scan(complex_state):
         carry, hs = unroll_fn(cell, params, xs)
         return jnp.sum(w * hs) + jnp.sum(carry**2)
 
-    par = jax.grad(loss)(params, parallel.associative_unroll)
-    seq = jax.grad(loss)(params, jrnn.unroll)
+    # Jitted: one compile for each gradient instead of one per small op.
+    par = jax.jit(jax.grad(lambda p: loss(p, parallel.associative_unroll)))(params)
+    seq = jax.jit(jax.grad(lambda p: loss(p, jrnn.unroll)))(params)
     chex.assert_trees_all_close(par, seq, **TOL)
 
 
@@ -132,13 +133,27 @@ def test_lengths_and_reverse_match_masked_scan(kind, method, T, B, reverse, seed
         cell = jrnn.linear(H, init_scale=0.5)
     else:
         cell = parallel.diagonal(H, complex_state=kind.endswith("[complex]"))
-    params = cell.init(jax.random.PRNGKey(seed), D, jnp.float64)
-    xs = random_inputs(seed + 1, T, B, D)
-    lengths = jax.random.randint(jax.random.PRNGKey(seed + 2), (B,), 0, T + 1)
-    h0 = random_inputs(seed + 3, 1, B, cell.initial_carry((B,)).shape[-1])[0]
-    want = jrnn.unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse)
-    got = parallel.associative_unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse,
-                                      method=method)
+    C = cell.initial_carry((B,)).shape[-1]
+
+    # One compiled program per example (eagerly, every small op of a new shape compiles
+    # on its own); the lengths stay concrete constants, as in an eager call.
+    @jax.jit
+    def inputs(seed):
+        return (cell.init(jax.random.PRNGKey(seed), D, jnp.float64),
+                jax.random.normal(jax.random.PRNGKey(seed + 1), (T, B, D), jnp.float64),
+                jax.random.randint(jax.random.PRNGKey(seed + 2), (B,), 0, T + 1),
+                jax.random.normal(jax.random.PRNGKey(seed + 3), (1, B, C), jnp.float64)[0])
+
+    params, xs, lengths, h0 = inputs(seed)
+
+    @jax.jit
+    def both(params, xs, h0):
+        want = jrnn.unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse)
+        got = parallel.associative_unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse,
+                                          method=method)
+        return got, want
+
+    got, want = both(params, xs, h0)
     chex.assert_trees_all_close(got, want, **TOL)
 
 

@@ -595,12 +595,13 @@ def _first_state(plan: Plan, saved, writer: Writer,
                  say: Callable[[str], None]) -> tuple[TrainState, Progress]:
     """A new run's state from the seed, or the checkpoint's for a resume."""
     k_init, k_run = jax.random.split(jax.random.PRNGKey(plan.config.seed))
-    state = init_train_state(plan.model.init(k_init), plan.optimizer, k_run)
+    fresh = lambda: init_train_state(plan.model.init(k_init), plan.optimizer, k_run)
     if saved is None:
-        return state, Progress()
+        return fresh(), Progress()
     meta, raw = saved
     last = writer.run_dir.last
-    state = ckpt.restore_into(state, raw, last)
+    # Shapes checked against the file before anything of the header's size is allocated.
+    state = ckpt.restore_into(jax.eval_shape(fresh), raw, last)
     progress = Progress.from_checkpoint(meta, plan.model.initial_carry(plan.config.batch_size), last)
     if writer.multi:
         say("every process read the checkpoint (a run over several hosts needs its run "
