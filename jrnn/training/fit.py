@@ -22,9 +22,12 @@ schedules included); the configuration then only says how to feed it
 What it guarantees, for either way in:
 
 * **No run is lost.**  ``out=None`` makes a new run directory (``runs/<n>``)
-  and points ``runs/latest`` at it; an ``out`` that already holds a run is
-  refused unless ``resume`` or ``overwrite``.  Checkpoints are atomic;
-  temporary files a killed save left behind are removed at the next start.
+  and points ``runs/latest`` at it once it has a checkpoint; an ``out`` that
+  already holds a run is refused unless ``resume`` or ``overwrite`` (the old
+  run stays until the new one has written its first checkpoint); one process
+  holds a run directory at a time (:mod:`jrnn.training.rundir`).
+  Checkpoints are atomic; temporary files a killed save left behind are
+  removed at the next start.
 * **No run lies.**  The first non-finite loss or gradient stops the run
   (``on_nonfinite="stop"``: :class:`NonFiniteError` names the step, the
   window and the parameters whose gradient broke; nothing non-finite is ever
@@ -659,7 +662,8 @@ def fit(
         ``{"epochs": n}``) or with a ``model`` (``DEFAULT``'s loop settings).
       corpus: a :class:`jrnn.data.Corpus` (vocabulary and three id streams).
       out: the run directory; ``None`` makes ``runs_root/<n>`` and points
-        ``runs_root/latest`` at it (with ``resume``: the latest run).
+        ``runs_root/latest`` at it once it has a checkpoint (with
+        ``resume``: the latest run).
       model: your own language model (the :class:`jrnn.LanguageModel`
         interface: ``init``, ``apply``, ``initial_carry``, ``config.vocab_size``;
         any cells, e.g. ``jrnn.rnn_lm(V, cell=my_cell)``).
