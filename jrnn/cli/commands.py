@@ -24,7 +24,7 @@ from jrnn.training import fit as fit_module
 from jrnn.training.inference import load_for_inference
 from jrnn.training import runs
 from jrnn.training.checkpoint import CheckpointError
-from jrnn.training.config import ConfigError
+from jrnn.training.config import MAX_SEED, ConfigError
 from jrnn.training.runtime import keep_host_memory
 
 # ---- the training config from the options ---------------------------------------
@@ -376,6 +376,8 @@ def cmd_generate(args) -> int:
     _positive("--words", args.words)
     if args.words <= 0:
         _fail(f"--words must be positive, got {args.words}")
+    if not 0 <= args.seed <= MAX_SEED:
+        _fail(f"--seed must be an int in 0..{MAX_SEED}, got {args.seed}")
 
     @jax.jit
     def one(params, tok, carry, key):

@@ -89,11 +89,12 @@ def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: 
     if expects != input_size:
         raise ValueError(f"{where}'s W expects inputs of size {expects}, but it is fed {input_size}")
     # The cell's own params, as shapes only (nothing allocated): e.g. an LSTM's params
-    # given to a GRU are named here instead of failing in JAX's broadcasting.
+    # given to a GRU are named here instead of failing in JAX's broadcasting.  Extra
+    # entries (the diagnostics' probes) are the caller's.
     want = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), input_size))
-    need = {k: v.shape for k, v in sorted(want.items())} if isinstance(want, dict) else None
+    need = {k: v.shape for k, v in sorted(want.items())} if isinstance(want, dict) else {}
     got = {k: np.shape(v) for k, v in sorted(params.items())}
-    if need is not None and got != need:
+    if any(got.get(k) != shape for k, shape in need.items()):
         raise ValueError(f"params of {where} are not this {cell.kind!r} cell's: they hold "
                          f"{got}, the cell needs {need}")
     if carry is None:

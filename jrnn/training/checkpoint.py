@@ -71,8 +71,9 @@ def save(path: str, state: Any, meta: dict, carry: Any = None) -> None:
 
 def load_raw(path: str) -> tuple[dict, dict]:
     """Read ``(meta, state_dict)`` from a checkpoint, or raise :class:`CheckpointError`."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.ckpt")
+    if os.path.isdir(path):  # a run: its best checkpoint, or its last while it has no best
+        best, last = os.path.join(path, "best.ckpt"), os.path.join(path, "last.ckpt")
+        path = best if os.path.exists(best) or not os.path.exists(last) else last
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no checkpoint here; train one with `jrnn train --out DIR`")
     try:

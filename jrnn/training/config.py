@@ -30,6 +30,8 @@ __all__ = ["TrainConfig", "ModelConfig", "ConfigError", "PRESETS", "DEFAULT"]
 CELLS = MODEL_KINDS
 ACTIVATIONS = tuple(_ACTIVATIONS)
 OPTIMIZERS = tuple(_OPTIMIZERS)
+# The largest seed jax.random.PRNGKey takes on every backend (a uint32).
+MAX_SEED = 2**32 - 1
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 
 # The first release's and 0.2's flat names of model fields, read from old checkpoints only.
@@ -79,8 +81,9 @@ class TrainConfig:
         _finite("lr", self.lr, low=0.0)
         _finite("lr_decay", self.lr_decay, low=0.0, high=1.0)
         _finite("clip", self.clip, low=0.0, low_open=False, what=" (0 turns clipping off)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an int in 0..{MAX_SEED}, got {self.seed!r}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` (checked like a new config); unknown names are refused.

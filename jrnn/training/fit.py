@@ -534,12 +534,15 @@ def _start_info(plan: Plan, run_dir: RunDir, corpus: Corpus, state: TrainState,
     }
 
 
-def _check_options(on_nonfinite, max_windows, save_every) -> None:
+def _check_options(on_nonfinite, max_windows, save_every, fused_epoch) -> None:
     if on_nonfinite not in ("stop", "skip"):
         raise FitError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
                                     or max_windows <= 0):
         raise FitError(f"max_windows must be a positive int, got {max_windows!r}")
+    if max_windows is not None and fused_epoch:
+        raise FitError("max_windows (--max-windows) ends an epoch early, but fused_epoch "
+                       "(--fused-epoch) runs every window of an epoch in one call; drop one")
     if not (isinstance(save_every, (int, float)) and save_every >= 0 and not math.isnan(save_every)):
         raise FitError(f"save_every must be a number of seconds >= 0 (0: after every window), "
                        f"got {save_every!r}")
@@ -706,7 +709,7 @@ def fit(
       >>> result.complete, result.test_ppl is not None
       (True, True)
     """
-    _check_options(on_nonfinite, max_windows, save_every)
+    _check_options(on_nonfinite, max_windows, save_every, fused_epoch)
     say = callbacks.on_message or (lambda text: None)
     t_start = time.perf_counter()
     if distributed.is_multiprocess():  # several processes are one data-parallel run
