@@ -16,6 +16,13 @@ from jrnn.core import backward as fused
 from jrnn.core.cells import sequence_for
 from tests.helpers import random_inputs, to_np
 
+
+def _jit_once(f, *args):
+    """``jax.jit(f)(*args)``: one compiled program (with XLA's usual optimizations, as users
+    run it) instead of one compile per small op of a new shape."""
+    return jax.jit(f)(*args)
+
+
 CELLS = [
     ("linear", "tanh"),
     ("elman", "tanh"),
@@ -193,8 +200,8 @@ def test_lm_loss_and_grads_equal_autodiff(kind, tie):
         carry = model.initial_carry(3, jnp.float64)
         f = lambda p: jrnn.sequence_loss(model, p, inputs, targets, carry, mask=mask,
                                          batch_mean=True, key=key)
-        # Jitted: one compile per model, not one per small op.
-        results.append(jax.jit(jax.value_and_grad(f, has_aux=True))(params))
+        # One compiled program per model, not one per small op.
+        results.append(_jit_once(jax.value_and_grad(f, has_aux=True), params))
     (got, got_aux), got_grads = results[0]
     (want, want_aux), want_grads = results[1]
     np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
@@ -211,14 +218,14 @@ def test_nnlm_loss_uses_the_fused_output_layer():
     x = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, V)
     y = jax.random.randint(jax.random.PRNGKey(2), (2, 6), 0, V)
     # Both sides jitted: one compile each, not one per small op.
-    got, got_grads = jax.jit(jax.value_and_grad(lambda p: jrnn.sequence_loss(model, p, x, y)[0]))(
-        params)
+    got, got_grads = _jit_once(jax.value_and_grad(lambda p: jrnn.sequence_loss(model, p, x, y)[0]),
+                             params)
 
     def plain(p):
         logits, _ = model.apply(p, x)
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-    want, want_grads = jax.jit(jax.value_and_grad(plain))(params)
+    want, want_grads = _jit_once(jax.value_and_grad(plain), params)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
     chex.assert_trees_all_close(got_grads, want_grads, atol=1e-12, rtol=1e-10)
 

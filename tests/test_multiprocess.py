@@ -26,11 +26,26 @@ from jrnn.training.fit import load_for_inference
 
 TINY = ["--hidden-size", "16", "--embed-size", "16", "--batch-size", "8", "--bptt", "10",
         "--quiet"]
+# For the runs compared with one process: a batch of 20 (divides over 2 and 4 processes;
+# evaluation uses 10 rows) and windows of 7 cut the built-in valid and test sets into
+# whole windows (994 and 1001 tokens a row), so each process compiles one evaluation
+# program fewer than with the last window short.
+TINY_EQ = ["--hidden-size", "16", "--embed-size", "16", "--batch-size", "20", "--bptt", "7",
+           "--quiet"]
 
 
-def _env():
+def _env(quick_compile=True):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
+    if not quick_compile:  # (a full epoch of the default model: running, not compiling)
+        return env
+    # XLA's backend optimizations off: compiling is most of these tiny runs' time, and
+    # the group and the one-process run it is compared with compile alike.  And every
+    # program goes to the session's persistent cache (the conftest's directory), not only
+    # the slow ones: a test's runs compile the same model init, data staging and
+    # evaluation programs, so a run after another (the resumed group) loads them.
+    env.update(XLA_FLAGS="--xla_backend_optimization_level=0",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return env
 
 
@@ -87,7 +102,7 @@ def _test_ppl_lines(outs):
 
 def test_two_processes_equal_one_and_resume_the_group_run(tmp_path):
     group, single = str(tmp_path / "group"), str(tmp_path / "single")
-    common = [*TINY, "--max-windows", "3", "--save-every", "0"]
+    common = [*TINY_EQ, "--max-windows", "3", "--save-every", "0"]
     codes, outs = _group(2, ["--out", group, "--epochs", "1", *common])
     assert codes == [0, 0], outs
     # Only process 0 wrote, and only the one run's files.
@@ -127,7 +142,7 @@ def test_a_batch_that_does_not_split_over_the_group_is_refused(monkeypatch, tmp_
 
 def test_four_processes_equal_one(tmp_path):
     group, single = str(tmp_path / "group"), str(tmp_path / "single")
-    common = [*TINY, "--epochs", "1", "--max-windows", "3", "--cell", "gru"]
+    common = [*TINY_EQ, "--epochs", "1", "--max-windows", "3", "--cell", "gru"]
     codes, outs = _group(4, ["--out", group, *common])
     assert codes == [0, 0, 0, 0], outs
     assert sorted(os.listdir(group)) == ["best.ckpt", "last.ckpt", "summary.json"]
@@ -218,8 +233,8 @@ def test_readme_two_processes_on_one_machine_verbatim(tmp_path):
     block = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
     assert "127.0.0.1" in block and block.count("jrnn train") == 2
     script = block.replace("jrnn ", f"{sys.executable} -m jrnn ")
-    r = subprocess.run(script, shell=True, cwd=tmp_path, env=_env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(script, shell=True, cwd=tmp_path, env=_env(quick_compile=False),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [l for l in r.stdout.splitlines() if "test ppl" in l]
     assert len(lines) == 2, r.stdout

@@ -17,6 +17,12 @@ METHODS = list(parallel.METHODS)
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
+def _jit_once(f, *args):
+    """``jax.jit(f)(*args)``: one compiled program (with XLA's usual optimizations, as users
+    run it) instead of one compile per small op of a new shape."""
+    return jax.jit(f)(*args)
+
+
 def _diag_reference(params, xs, h0, complex_state):
     """The diagonal recurrence as a NumPy loop: h_t = lam * h_{t-1} + gamma * (x_t W + b)."""
     p = {k: np.asarray(v) for k, v in params.items()}
@@ -113,8 +119,8 @@ def test_diagonal_gradients_equal_scan(complex_state):
         return jnp.sum(w * hs) + jnp.sum(carry**2)
 
     # Jitted: one compile for each gradient instead of one per small op.
-    par = jax.jit(jax.grad(lambda p: loss(p, parallel.associative_unroll)))(params)
-    seq = jax.jit(jax.grad(lambda p: loss(p, jrnn.unroll)))(params)
+    par = _jit_once(jax.grad(lambda p: loss(p, parallel.associative_unroll)), params)
+    seq = _jit_once(jax.grad(lambda p: loss(p, jrnn.unroll)), params)
     chex.assert_trees_all_close(par, seq, **TOL)
 
 
@@ -137,23 +143,21 @@ def test_lengths_and_reverse_match_masked_scan(kind, method, T, B, reverse, seed
 
     # One compiled program per example (eagerly, every small op of a new shape compiles
     # on its own); the lengths stay concrete constants, as in an eager call.
-    @jax.jit
     def inputs(seed):
         return (cell.init(jax.random.PRNGKey(seed), D, jnp.float64),
                 jax.random.normal(jax.random.PRNGKey(seed + 1), (T, B, D), jnp.float64),
                 jax.random.randint(jax.random.PRNGKey(seed + 2), (B,), 0, T + 1),
                 jax.random.normal(jax.random.PRNGKey(seed + 3), (1, B, C), jnp.float64)[0])
 
-    params, xs, lengths, h0 = inputs(seed)
+    params, xs, lengths, h0 = _jit_once(inputs, seed)
 
-    @jax.jit
     def both(params, xs, h0):
         want = jrnn.unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse)
         got = parallel.associative_unroll(cell, params, xs, h0, lengths=lengths, reverse=reverse,
                                           method=method)
         return got, want
 
-    got, want = both(params, xs, h0)
+    got, want = _jit_once(both, params, xs, h0)
     chex.assert_trees_all_close(got, want, **TOL)
 
 

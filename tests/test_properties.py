@@ -17,6 +17,12 @@ SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
 LM_SETTINGS = settings(SETTINGS, max_examples=8)
 
 
+def _jit_once(f, *args):
+    """``jax.jit(f)(*args)``: one compiled program (with XLA's usual optimizations, as users
+    run it) instead of one compile per small op of a new shape."""
+    return jax.jit(f)(*args)
+
+
 @st.composite
 def unroll_cases(draw):
     kind = draw(st.sampled_from(KINDS))
@@ -38,14 +44,13 @@ def test_unroll_matches_reference_for_random_cases(case):
 
     # One compiled program per example (eagerly, every small op of a new shape
     # compiles on its own: seconds per example for the same numbers).
-    @jax.jit
     def run(seed):
         k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
         params = cell.init(k1, D, jnp.float64)
         xs = jax.random.normal(k2, (T, B, D), jnp.float64)
         return params, xs, jrnn.unroll(cell, params, xs, lengths=lengths, reverse=reverse)
 
-    params, xs, (carry, hs) = run(seed)
+    params, xs, (carry, hs) = _jit_once(run, seed)
     want_hs, want_h, _ = ref.cell_forward(kind, params, xs, activation=act, lengths=lengths,
                                           reverse=reverse)
     chex.assert_trees_all_close(hs, want_hs, atol=1e-10)
@@ -68,12 +73,11 @@ def test_grad_matches_hand_written_bptt_for_random_cases(kind, B, T, V, H, layer
     x, y = (jnp.asarray(rng.integers(0, V, (B, T))) for _ in range(2))
 
     # One compiled program per example (init and gradient), not one per small op.
-    @jax.jit
     def run(key):
         params = model.init(key, jnp.float64)
         return params, jax.grad(lambda p: jrnn.sequence_loss(model, p, x, y)[0])(params)
 
-    params, g = run(jax.random.PRNGKey(seed))
+    params, g = _jit_once(run, jax.random.PRNGKey(seed))
     chex.assert_trees_all_close(g, ref.lm_grads(kind, to_np(params), x, y), atol=1e-10, rtol=1e-8)
 
 
