@@ -23,6 +23,8 @@ __all__ = [
     "Corpus",
     "DataError",
     "read_text",
+    "read_file_bytes",
+    "NotARegularFile",
     "load_corpus",
     "load_ptb_dir",
     "load_text_file",
@@ -172,19 +174,34 @@ class Corpus(NamedTuple):
     name: str = ""
 
 
+class NotARegularFile(ValueError):
+    """A path that names a device, a pipe or a directory where a file's bytes were wanted."""
+
+
+def read_file_bytes(path: str) -> bytes:
+    """The bytes of the regular file at ``path``, read no further than it holds.
+
+    A device or a pipe (``/dev/zero``, ``/dev/stdin``; a path a checkpoint's
+    header names) would be read without end: it raises
+    :class:`NotARegularFile`; a failing read raises ``OSError``.  Text files
+    and checkpoints are both read through this function.
+    """
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(path)
+        return f.read(info.st_size)
+
+
 def read_text(path: str) -> str:
     """Read a UTF-8 file, turning each failure into a one-line :class:`DataError`."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file; pass --data with a text file or a PTB-style directory")
     try:
-        with open(path, "rb") as f:
-            # A regular file, read no further than it holds: a device or a pipe
-            # (/dev/zero, /dev/stdin; a path a checkpoint's header names) would be endless.
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise DataError(f"{path}: not a regular file; jrnn reads text from files "
-                                "(save the text to a file first)")
-            raw = f.read(info.st_size)
+        raw = read_file_bytes(path)
+    except NotARegularFile:
+        raise DataError(f"{path}: not a regular file; jrnn reads text from files "
+                        "(save the text to a file first)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     try:

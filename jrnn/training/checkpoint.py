@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from typing import Any, Optional
 
 import jax
 import numpy as np
 from flax import serialization
+
+from jrnn.data import NotARegularFile, read_file_bytes
 
 __all__ = ["CheckpointError", "save", "load_raw", "load_carry", "restore_into", "FORMAT",
            "FORMATS"]
@@ -77,14 +78,10 @@ def load_raw(path: str) -> tuple[dict, dict]:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no checkpoint here; train one with `jrnn train --out DIR`")
     try:
-        with open(path, "rb") as f:
-            # A regular file only, and no more than it holds: a device or a pipe
-            # (/dev/zero, /dev/stdin) would be read without end.
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise CheckpointError(f"{path}: not a regular file; a checkpoint is a file "
-                                      "written by `jrnn train`")
-            data = f.read(info.st_size)
+        data = read_file_bytes(path)  # a regular file, no more than it holds
+    except NotARegularFile:
+        raise CheckpointError(f"{path}: not a regular file; a checkpoint is a file "
+                              "written by `jrnn train`") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     try:
