@@ -16,3 +16,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 import jax  # noqa: E402  (after the cache settings: JAX reads them at import)
 
 jax.config.update("jax_enable_x64", True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny run directory (``tests.helpers.TINY_TRAIN``), trained once per test process;
+    tests read it and copy what they change."""
+    from jrnn.cli import main
+    from tests.helpers import TINY_TRAIN
+
+    out = str(tmp_path_factory.mktemp("tiny") / "run")
+    assert main(["train", *TINY_TRAIN, "--out", out]) == 0
+    return out

@@ -21,3 +21,8 @@ def to_np(tree):
 
 def random_inputs(seed, T, B, D):
     return jax.random.normal(jax.random.PRNGKey(seed), (T, B, D), jnp.float64)
+
+
+# A run that trains in seconds: the CLI options of the tests that need any checkpoint.
+TINY_TRAIN = ["--hidden-size", "8", "--embed-size", "8", "--batch-size", "4", "--bptt", "5",
+              "--epochs", "1", "--max-windows", "2", "--quiet"]

@@ -18,15 +18,12 @@ from flax import serialization
 
 from jrnn.cli import main
 
-SIZES = ["--hidden-size", "8", "--embed-size", "8", "--batch-size", "4", "--bptt", "5",
-         "--epochs", "1", "--max-windows", "2", "--quiet"]
+from tests.helpers import TINY_TRAIN as SIZES
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("hostile") / "run")
-    assert main(["train", *SIZES, "--out", out]) == 0
-    return out
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def tamper(src: str, dst: str, header=None, state=None) -> str:

@@ -8,15 +8,12 @@ import pytest
 from jrnn.cli import main
 from jrnn.training.config import DEFAULT, MAX_SEED, ConfigError
 
-TINY = ["--hidden-size", "8", "--embed-size", "8", "--batch-size", "4", "--bptt", "5",
-        "--epochs", "1", "--max-windows", "2", "--quiet"]
+from tests.helpers import TINY_TRAIN as TINY
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("round3") / "run")
-    assert main(["train", *TINY, "--out", out]) == 0
-    return out
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run
 
 
 def _last_line(capsys) -> str:
