@@ -12,6 +12,11 @@ Parameters use jrnn's layout (``W``, ``W_h``, ``b`` and, for the GRU,
 ``"lstm"`` or ``"gru"``; Elman cells take ``activation`` in
 ``identity/tanh/sigmoid/relu``.
 
+:func:`cell_forward` also runs the cells whose gates read only ``x_t``
+(``"mingru"``, ``"minlstm"``, ``"rglru"``; no ``W_h``), straight from their
+papers' equations; they have no hand-written backward pass here (the tests
+check their gradients by finite differences of this forward pass).
+
 An LSTM whose params hold ``W_hr: [H, P]`` is the LSTM with projections
 (LSTMP, PyTorch's ``proj_size``): ``h_t = (o * tanh c_t) @ W_hr``, so ``h``
 is ``P`` wide while ``c`` and the gates stay ``H`` wide.
@@ -51,14 +56,40 @@ def _activation(kind, activation):
     return _ACT["identity" if kind == "linear" else activation]
 
 
+# Cells with gates that read only x_t, and the number of [., H] blocks in their W.
+_INPUT_GATED = {"mingru": 2, "minlstm": 3, "rglru": 1}
+
+
 def _cell_width(kind, p):
     """H, the width of each gate block (and of the LSTM's ``c``)."""
+    if kind in _INPUT_GATED:
+        return p["W"].shape[1] // _INPUT_GATED[kind]
     gates = {"lstm": 4, "gru": 3}.get(kind, 1)
     return p["W_h"].shape[1] // gates
 
 
+def _input_gated_step(kind, p, x, h):
+    """One step of minGRU / minLSTM (Feng et al. 2024) or RG-LRU (De et al. 2024)."""
+    H = h.shape[-1]
+    if kind == "mingru":
+        a = x @ p["W"] + p["b"]
+        z, h_tilde = sigmoid(a[..., :H]), a[..., H:]
+        return (1.0 - z) * h + z * h_tilde
+    if kind == "minlstm":
+        a = x @ p["W"] + p["b"]
+        f, i, h_tilde = sigmoid(a[..., :H]), sigmoid(a[..., H : 2 * H]), a[..., 2 * H :]
+        return f / (f + i) * h + i / (f + i) * h_tilde  # the gates normalised to sum to 1
+    u = x @ p["W"] + p["b"]  # rglru: the input projected to H first
+    r = sigmoid(u @ p["W_a"] + p["b_a"])
+    i = sigmoid(u @ p["W_x"] + p["b_x"])
+    a = sigmoid(p["Lambda"]) ** (8.0 * r)  # a_t = a^(c r_t), c = 8
+    return a * h + np.sqrt(1.0 - a**2) * (i * u)
+
+
 def _step(kind, p, x, h, c, act):
     """One timestep for one sequence or a batch. Returns (h, c, cache)."""
+    if kind in _INPUT_GATED:
+        return _input_gated_step(kind, p, x, h), None, None
     if kind in ("linear", "elman"):
         h_new = act(x @ p["W"] + h @ p["W_h"] + p["b"])
         return h_new, None, None
@@ -94,7 +125,8 @@ def cell_forward(kind, params, xs, h0=None, c0=None, *, activation="tanh",
     p = _f64(params)
     xs = np.asarray(xs, np.float64)
     T, B, _ = xs.shape
-    H, C = p["W_h"].shape[0], _cell_width(kind, p)  # widths of h and of c
+    C = _cell_width(kind, p)
+    H = p["W_h"].shape[0] if "W_h" in p else C  # widths of h and of c
     act = _activation(kind, activation)[0]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     hs = np.zeros((T, B, H))
@@ -134,6 +166,8 @@ def cell_backward(kind, params, xs, dhs, *, activation="tanh"):
 
     Returns ``(grads, dxs)``: gradients for every parameter and ``dxs [T, B, D]``.
     """
+    if kind in _INPUT_GATED:
+        raise ValueError(f"no hand-written backward pass for {kind!r} cells here")
     p = _f64(params)
     xs = np.asarray(xs, np.float64)
     act, dact = _activation(kind, activation)

@@ -5,7 +5,9 @@ A cell knows one timestep of the recurrence and nothing else.  Every cell has
 * ``init(key, input_size, dtype=float32) -> params`` -- a dict of arrays named
   as in the lecture: ``W`` (input_size x G*H), ``W_h`` (H x G*H), ``b`` (G*H),
   where G is the number of gates (1 for linear/Elman, 4 for the LSTM, 3 for
-  the GRU).  The GRU also has ``b_h`` (G*H), its recurrent bias.
+  the GRU).  The GRU also has ``b_h`` (G*H), its recurrent bias.  The cells
+  whose gates read only ``x_t`` (:func:`mingru`, :func:`minlstm`,
+  :func:`rglru`) have no ``W_h``; each docstring lists its params.
 * ``initial_carry(batch_shape, dtype=float32) -> carry`` -- zeros.
 * ``project(params, xs) -> xs_proj`` -- the input projection ``x W + b`` for
   every timestep at once: ``xs: [..., D] -> [..., G*H]``.  It has no time
@@ -23,10 +25,17 @@ A cell knows one timestep of the recurrence and nothing else.  Every cell has
   ``step`` was replaced (``remat``, a diagnostics probe,
   ``cell._replace(step=...)``) falls back to autodiff of its own step
   (:func:`sequence_for`).
+* ``affine`` -- optional, for a cell whose recurrence is elementwise-affine in
+  its state with coefficients from the input alone, ``h_t = a_t * h_{t-1} +
+  b_t`` (:func:`mingru`, :func:`minlstm`, :func:`rglru`):
+  ``affine(params, xs_proj) -> (a, b)``, both ``[..., H]``, for any number of
+  timesteps at once.  The cell's ``step`` is ``h = a * h + b`` with them, and
+  ``jrnn.unroll(..., method="associative")`` runs the same recurrence as a
+  parallel scan over time (:mod:`jrnn.core.parallel`).
 
 What a cell *is* lives in typed fields, never in strings to parse:
 ``kind`` is the family (``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``,
-``"diagonal"``), ``activation`` the named activation of a linear or Elman
+``"mingru"``, ``"minlstm"``, ``"rglru"``, ``"diagonal"``), ``activation`` the named activation of a linear or Elman
 cell (``None`` for gated cells and custom callables), and ``remat`` whether
 the step is rematerialized.  ``hidden_size`` is always the width of the
 hidden state ``h`` and of the outputs (what the next layer reads);
@@ -52,7 +61,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from jrnn.core import backward
+from jrnn.core import backward, names
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry, gru_update, lstm_update
 from jrnn.core.validation import positive_int
 
@@ -67,6 +76,9 @@ __all__ = [
     "elman",
     "lstm",
     "gru",
+    "mingru",
+    "minlstm",
+    "rglru",
     "make_cell",
     "remat",
     "sequence_for",
@@ -138,7 +150,7 @@ class Cell(NamedTuple):
     sequence_step: Optional[Callable] = None
     remat: bool = False
     cell_size: Optional[int] = None
-
+    affine: Optional[Callable[[Params, Array], tuple]] = None
 
 
 def gate_size(cell: Cell) -> int:
@@ -483,11 +495,240 @@ def gru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     )
 
 
+# --------------------------------------------------------------------------
+# Cells whose gates read only x_t: h_t = a_t * h_{t-1} + b_t, linear in the state.
+# No W_h: the step is elementwise, and the same recurrence runs as a parallel scan
+# (jrnn.unroll(..., method="associative"), jrnn.core.parallel) from ``cell.affine``.
+
+
+def _input_init(widths: Sequence[tuple[str, str, tuple[int, int]]], hidden_size: int,
+                init_scale):
+    """Weights and biases ~ U(-s, s), s = 1/sqrt(H) as the other cells (or ``init_scale``).
+
+    ``widths``: ``(weight name, bias name, (rows, columns))`` for each matrix;
+    ``rows = 0`` means the layer's ``input_size``.
+    """
+    scale = 1.0 / hidden_size**0.5 if init_scale is None else float(init_scale)
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        positive_int("input_size", input_size)
+        params = {}
+        for k, (w, b, (rows, cols)) in zip(jax.random.split(key, len(widths)), widths):
+            k_w, k_b = jax.random.split(k)
+            params[w] = jax.random.uniform(k_w, (rows or input_size, cols), dtype, -scale, scale)
+            params[b] = jax.random.uniform(k_b, (cols,), dtype, -scale, scale)
+        return params
+
+    return init
+
+
+def _affine_step(affine: Callable):
+    """The sequential step of ``h_t = a_t * h_{t-1} + b_t``, with ``(a_t, b_t) = affine(x_t)``."""
+
+    def step(params: Params, h: Array, x_proj: Array):
+        a, b = affine(params, x_proj)
+        h = a * h + b
+        return h, h
+
+    return step
+
+
+def _gated_linear_cell(kind: str, hidden_size: int, num_gates: int, init, affine,
+                       project=_project) -> Cell:
+    return Cell(
+        kind=kind,
+        hidden_size=hidden_size,
+        num_gates=num_gates,
+        init=init,
+        initial_carry=_zeros_carry(hidden_size),
+        project=project,
+        step=_affine_step(affine),
+        hidden=_identity_hidden,
+        affine=affine,
+    )
+
+
+@interned
+def mingru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
+    r"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): a GRU whose gates read only x_t.
+
+    With ``a = W x_t + b`` split into two ``[B, H]`` blocks (z, h̃):
+
+    .. math::
+        z_t = \sigma(a_z), \qquad \tilde h_t = a_{\tilde h} \\
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    This is the paper's minimal version: the candidate has no activation
+    (the paper's ``g`` and its log-space form are not used; jrnn's parallel
+    scan multiplies the coefficients directly).  Neither the gate nor the
+    candidate sees ``h_{t-1}``, so the recurrence is linear in the state,
+    ``h_t = a_t h_{t-1} + b_t`` with ``a_t = 1 - z_t``, ``b_t = z_t h̃_t``:
+    ``jrnn.unroll(..., method="associative")`` runs it as a parallel scan
+    (``cell.affine`` gives ``a_t, b_t``), and the default ``"auto"`` runs the
+    sequential ``step``.  Shapes: ``W: [D, 2H]``, ``b: [2H]`` (no ``W_h``),
+    carry ``h: [B, H]``; every weight and bias starts ~ U(-1/sqrt(H), 1/sqrt(H))
+    (``init_scale`` sets another bound).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.mingru(8)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> {k: v.shape for k, v in sorted(params.items())}
+      {'W': (3, 16), 'b': (16,)}
+      >>> xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
+      >>> carry, hs = jrnn.unroll(cell, params, xs)
+      >>> hs.shape, carry.shape
+      ((5, 2, 8), (2, 8))
+      >>> _, hs_par = jrnn.unroll(cell, params, xs, method="associative")
+      >>> bool(jnp.allclose(hs, hs_par, atol=1e-5))
+      True
+    """
+    positive_int("hidden_size", hidden_size)
+    H = hidden_size
+
+    def affine(params: Params, x_proj: Array):
+        a_z = x_proj[..., :H]
+        # 1 - sigmoid(a) = sigmoid(-a), without the cancellation when z is near 1.
+        return jax.nn.sigmoid(-a_z), jax.nn.sigmoid(a_z) * x_proj[..., H:]
+
+    init = _input_init([("W", "b", (0, 2 * H))], H, init_scale)
+    return _gated_linear_cell("mingru", H, 2, init, affine)
+
+
+@interned
+def minlstm(hidden_size: int, *, init_scale: float | None = None) -> Cell:
+    r"""minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): normalised gates that read only x_t.
+
+    With ``a = W x_t + b`` split into three ``[B, H]`` blocks (f, i, h̃):
+
+    .. math::
+        f_t = \sigma(a_f), \quad i_t = \sigma(a_i), \quad \tilde h_t = a_{\tilde h} \\
+        f'_t = \frac{f_t}{f_t + i_t}, \quad i'_t = \frac{i_t}{f_t + i_t} \\
+        h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+
+    The paper's minimal (length-independent scaling) version, with no
+    activation on the candidate.  ``f'_t`` is computed as
+    ``sigmoid(log f_t - log i_t)``, the same number without ``0 / 0`` where
+    both gates underflow.  Linear in the state (``a_t = f'_t``,
+    ``b_t = i'_t h̃_t``), so ``method="associative"`` runs it as a parallel
+    scan; ``"auto"`` runs the sequential ``step``.  Shapes: ``W: [D, 3H]``,
+    ``b: [3H]`` (no ``W_h``), carry ``h: [B, H]``; init as :func:`mingru`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.minlstm(4)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=2)
+      >>> params["W"].shape, cell.num_gates
+      ((2, 12), 3)
+      >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((6, 3, 2)), method="associative")
+      >>> hs.shape
+      (6, 3, 4)
+    """
+    positive_int("hidden_size", hidden_size)
+    H = hidden_size
+
+    def affine(params: Params, x_proj: Array):
+        log_f = jax.nn.log_sigmoid(x_proj[..., :H])
+        log_i = jax.nn.log_sigmoid(x_proj[..., H : 2 * H])
+        # f / (f + i) = sigmoid(log f - log i): no 0 / 0 when both gates underflow.
+        return jax.nn.sigmoid(log_f - log_i), jax.nn.sigmoid(log_i - log_f) * x_proj[..., 2 * H :]
+
+    init = _input_init([("W", "b", (0, 3 * H))], H, init_scale)
+    return _gated_linear_cell("minlstm", H, 3, init, affine)
+
+
+# Griffin's RG-LRU: a_t = a^(c r_t), and the largest gradient its sqrt(1 - a_t^2) passes back.
+RGLRU_C = 8.0
+RGLRU_MAX_GRADIENT = 1000.0
+
+
+@jax.custom_jvp
+def _sqrt_bounded(x: Array) -> Array:
+    return jnp.sqrt(x)
+
+
+@_sqrt_bounded.defjvp
+def _sqrt_bounded_jvp(primals, tangents):
+    # d sqrt(x) = dx / (2 sqrt(x)) is unbounded as a_t -> 1 (r_t -> 0); Griffin's code caps
+    # it at 1000 (sqrt(x) held >= 1 / 2000), which changes nothing while 1 - a_t^2 > 2.5e-7.
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    return y, dx / (2 * jnp.maximum(y, 1 / (2 * RGLRU_MAX_GRADIENT)))
+
+
+@interned
+def rglru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
+    r"""Griffin's real-gated linear recurrent unit, RG-LRU (De et al. 2024).
+
+    From "Griffin: Mixing Gated Linear Recurrences with Local Attention for
+    Efficient Language Models".  The input is first projected to the state's width, ``u_t = W x_t + b``
+    (``i_t \odot u_t`` needs ``H`` features; in Griffin this is the
+    recurrent block's linear branch, whose short temporal convolution is
+    left out here).  Then, elementwise over the ``H`` units:
+
+    .. math::
+        r_t = \sigma(W_a u_t + b_a), \qquad i_t = \sigma(W_x u_t + b_x) \\
+        a_t = a^{c r_t}, \quad a = \sigma(\Lambda), \quad c = 8 \\
+        h_t = a_t \odot h_{t-1} + \sqrt{1 - a_t^2} \odot (i_t \odot u_t)
+
+    computed as ``log a_t = -c r_t softplus(-Λ)`` and ``1 - a_t^2 =
+    -expm1(2 log a_t)``; the gradient of the square root is capped at 1000
+    as in Griffin's code (it is unbounded as ``a_t -> 1``).  ``Λ`` starts so
+    that ``a^c`` is uniform in ``[0.9, 0.999]``, as in the paper; the
+    weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)) (``init_scale`` sets
+    another bound for them, not for ``Λ``).  Linear in the state
+    (``method="associative"`` runs it as a parallel scan; ``"auto"`` runs the
+    sequential ``step``).  Everything before the recurrence has no time
+    dependency, so ``cell.project`` computes ``[W_a u + b_a, W_x u + b_x, u]``
+    (``[..., 3H]``) outside the loop.  Shapes: ``W: [D, H]``, ``b: [H]``,
+    ``W_a, W_x: [H, H]``, ``b_a, b_x, Lambda: [H]``, carry ``h: [B, H]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.rglru(4)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> sorted(params)
+      ['Lambda', 'W', 'W_a', 'W_x', 'b', 'b_a', 'b_x']
+      >>> a_c = jax.nn.sigmoid(params["Lambda"]) ** 8
+      >>> bool(((a_c >= 0.9 - 1e-6) & (a_c <= 0.999 + 1e-6)).all())
+      True
+      >>> jrnn.unroll(cell, params, jnp.ones((5, 2, 3)))[1].shape
+      (5, 2, 4)
+    """
+    positive_int("hidden_size", hidden_size)
+    H = hidden_size
+    base_init = _input_init([("W", "b", (0, H)), ("W_a", "b_a", (H, H)), ("W_x", "b_x", (H, H))],
+                            H, init_scale)
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        k_base, k_lam = jax.random.split(key)
+        params = base_init(k_base, input_size, dtype)
+        # a^c ~ U(0.9, 0.999): log a = log(u) / c, and Lambda = logit(a).
+        log_a = jnp.log(jax.random.uniform(k_lam, (H,), dtype, 0.9, 0.999)) / RGLRU_C
+        params["Lambda"] = log_a - jnp.log(-jnp.expm1(log_a))
+        return params
+
+    def project(params: Params, xs: Array) -> Array:
+        u = xs @ params["W"] + params["b"]
+        gates = [u @ params["W_a"] + params["b_a"], u @ params["W_x"] + params["b_x"]]
+        return jnp.concatenate([*gates, u], axis=-1)
+
+    def affine(params: Params, x_proj: Array):
+        r = jax.nn.sigmoid(x_proj[..., :H])
+        i = jax.nn.sigmoid(x_proj[..., H : 2 * H])
+        log_a = -RGLRU_C * r * jax.nn.softplus(-params["Lambda"])
+        gain = _sqrt_bounded(-jnp.expm1(2 * log_a))  # sqrt(1 - a_t^2)
+        return jnp.exp(log_a), gain * (i * x_proj[..., 2 * H :])
+
+    return _gated_linear_cell("rglru", H, 3, init, affine, project)
+
+
 # The one list of cell kinds a name can mean (the configuration, the command line and
 # the Flax modules read it).
 CELL_FACTORIES: dict[str, Callable[..., Cell]] = {"linear": linear, "elman": elman, "lstm": lstm,
-                                                  "gru": gru}
-CELL_KINDS = tuple(CELL_FACTORIES)
+                                                  "gru": gru, "mingru": mingru,
+                                                  "minlstm": minlstm, "rglru": rglru}
+CELL_KINDS = names.agree("CELL_KINDS", CELL_FACTORIES)
 
 
 def make_cell(
@@ -500,7 +741,8 @@ def make_cell(
     proj_size: int | None = None,
     chrono: int | None = None,
 ) -> Cell:
-    """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"`` or ``"gru"``.
+    """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``, ``"mingru"``,
+    ``"minlstm"`` or ``"rglru"`` (:data:`CELL_KINDS`).
 
     Example:
       >>> import jrnn
@@ -519,6 +761,6 @@ def make_cell(
     if kind == "lstm":
         return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale,
                     proj_size=proj_size, chrono=chrono)
-    if kind == "gru":
-        return gru(hidden_size, init_scale=init_scale)
+    if kind in ("gru", "mingru", "minlstm", "rglru"):
+        return CELL_FACTORIES[kind](hidden_size, init_scale=init_scale)
     raise ValueError(f"unknown cell kind {kind!r}; expected one of {list(CELL_KINDS)}")

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn.core import names
+
 Array = jax.Array
 
 __all__ = [
@@ -40,6 +42,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation(jax.nn.sigmoid, lambda y: y * (1 - y), 0.25),
     "relu": Activation(jax.nn.relu, lambda y: (y > 0).astype(y.dtype), 1.0),
 }
+names.agree("ACTIVATIONS", ACTIVATIONS)
 
 
 class LSTMCarry(NamedTuple):

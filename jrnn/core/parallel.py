@@ -14,14 +14,19 @@ The states are exactly those of :func:`jrnn.unroll` in exact arithmetic; in
 floating point the sums are taken in another order, so they agree to
 rounding.
 
-Two recurrences are covered:
+Three kinds of recurrence are covered:
 
 * the dense linear cell (:func:`jrnn.linear`, ``A = W_h``: ``[H, H]``), with
   :func:`linear_associative`;
 * a diagonal linear recurrence, real or complex, in the style of the Linear
   Recurrent Unit (Orvieto et al., 2023): :func:`diagonal` is a jrnn
   :class:`~jrnn.core.cells.Cell` with an ordinary sequential ``step``, and
-  :func:`associative_unroll` runs it in parallel.
+  :func:`associative_unroll` runs it in parallel;
+* the input-gated cells whose ``A_t`` is diagonal and changes with the input,
+  ``h_t = a_t * h_{t-1} + b_t`` (:func:`jrnn.mingru`, :func:`jrnn.minlstm`,
+  :func:`jrnn.rglru`): the cell's ``affine`` gives ``(a_t, b_t)`` for every
+  step, and the scan combines them elementwise (``method="associative"``
+  only: ``"doubling"`` needs the same ``A`` at every step).
 
 When the dense version stops paying
 -----------------------------------
@@ -94,15 +99,17 @@ def _is_dense_linear(cell: Cell) -> bool:
 def is_linear(cell: Cell) -> bool:
     """Whether ``cell``'s recurrence is linear, so that a parallel scan can run it.
 
-    True for :func:`jrnn.linear`, ``jrnn.elman(H, "identity")`` and
-    :func:`diagonal`, also when wrapped (:func:`jrnn.remat`).
+    True for :func:`jrnn.linear`, ``jrnn.elman(H, "identity")``,
+    :func:`diagonal` and the cells with an ``affine`` form (:func:`jrnn.mingru`,
+    :func:`jrnn.minlstm`, :func:`jrnn.rglru`), also when wrapped
+    (:func:`jrnn.remat`).
 
     Example:
       >>> import jrnn
-      >>> is_linear(jrnn.remat(jrnn.linear(3))), is_linear(jrnn.elman(3))
-      (True, False)
+      >>> is_linear(jrnn.remat(jrnn.linear(3))), is_linear(jrnn.elman(3)), is_linear(jrnn.rglru(3))
+      (True, False, True)
     """
-    return _is_dense_linear(cell) or cell.kind == "diagonal"
+    return _is_dense_linear(cell) or cell.kind == "diagonal" or cell.affine is not None
 
 
 # --------------------------------------------------------------------------
@@ -308,6 +315,11 @@ def _scan_affine(cell: Cell, params: dict, xs_proj: Array, carry: Array, reverse
     """All carries ``[T, B, ...]`` of the cell's affine recurrence (no masking)."""
     T = xs_proj.shape[0]
     first = _first_index(T, reverse)
+    if cell.affine is not None:
+        # a_t, b_t: [T, B, H], from the input alone; fold h_0 in as for the diagonal cell.
+        a, b = cell.affine(params, xs_proj)
+        b = b.at[first].add(a[first] * carry)
+        return _associative_scan(_diag_combine, (a, b), reverse=reverse)[1]
     if _is_dense_linear(cell):
         W_h = params["W_h"]
         bs = xs_proj
@@ -345,8 +357,9 @@ def associative_unroll(
 
     Takes the arguments of :func:`jrnn.unroll` (one cell, time-major) and
     returns the same ``(final_carry, outputs)``.  ``cell`` must be linear:
-    :func:`jrnn.linear` (or ``elman`` with ``"identity"``) or
-    :func:`diagonal`.
+    :func:`jrnn.linear` (or ``elman`` with ``"identity"``), :func:`diagonal`,
+    or a cell with an ``affine`` form (:func:`jrnn.mingru`,
+    :func:`jrnn.minlstm`, :func:`jrnn.rglru`; ``"associative"`` only).
 
     ``lengths`` needs no masking inside the scan: padding comes after each
     sequence's valid steps, and a state depends only on earlier inputs, so
@@ -374,11 +387,15 @@ def associative_unroll(
     if not is_linear(cell):
         raise ValueError(
             "associative_unroll needs a linear recurrence (jrnn.linear, elman with "
-            f"'identity', or parallel.diagonal); got a {cell.kind!r} cell"
+            "'identity', parallel.diagonal, jrnn.mingru, jrnn.minlstm or jrnn.rglru); "
+            f"got a {cell.kind!r} cell"
             + (f" with activation {cell.activation!r}" if cell.activation else "")
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    if method == "doubling" and cell.affine is not None:
+        raise ValueError(f"method='doubling' needs the same A at every step, but a {cell.kind!r} "
+                         "cell's a_t depends on x_t; use method='associative'")
     xs = check_sequence(xs, params["W"].shape[0], what="the cell's W")
     T, B, _ = xs.shape
     if carry is None:

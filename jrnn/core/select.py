@@ -27,6 +27,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from jrnn.core import names
+
 __all__ = [
     "METHODS",
     "RECURRENCE_PRECISIONS",
@@ -185,7 +187,7 @@ def transposed_copies(dtype, backend: Optional[str] = None) -> bool:
 # ---- the output layer's matmul precision ----------------------------------------------
 
 # Every value ``output_precision=`` accepts.
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = names.PRECISIONS
 
 
 class PrecisionChoice(NamedTuple):

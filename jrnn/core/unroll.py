@@ -76,7 +76,8 @@ def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch:
     if method in ("associative", "doubling") and not is_linear(cell):
         raise ValueError(
             f"method={method!r} needs a linear recurrence (jrnn.linear, elman with 'identity', "
-            f"jrnn.parallel.diagonal); got a {cell.kind!r} cell")
+            f"jrnn.parallel.diagonal, jrnn.mingru, jrnn.minlstm, jrnn.rglru); got a "
+            f"{cell.kind!r} cell")
     return method, choice.scan_unroll if scan_unroll is None else scan_unroll
 
 
@@ -129,6 +130,11 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
     if method == "pallas":
         if not custom_vjp:
             return "custom_vjp=False asks for autodiff through the scan"
+        if cell.affine is not None:  # mingru, minlstm, rglru: an elementwise step, no W_h
+            return pallas.FallbackReason(
+                pallas.Fallback.CELL_KIND,
+                f"no Pallas kernel for {cell.kind!r} cells (method='associative' runs them "
+                "in parallel)")
         return pallas.fallback_reason(cell, lengths=lengths, bf16=precision == "bfloat16")
     if method == "cudnn":
         return cudnn.fallback_reason(cell, lengths=lengths, traced=traced)
@@ -267,7 +273,8 @@ def unroll(
         with the inputs.
       method: ``"scan"``, ``"associative"`` or ``"doubling"`` (linear cells
         only: ``jrnn.linear``, ``elman`` with ``"identity"``,
-        ``jrnn.parallel.diagonal``), ``"pallas"``, ``"cudnn"`` (see the
+        ``jrnn.parallel.diagonal``; and ``"associative"`` for ``jrnn.mingru``,
+        ``jrnn.minlstm``, ``jrnn.rglru``), ``"pallas"``, ``"cudnn"`` (see the
         module doc), or ``"auto"``: the choice of
         :func:`jrnn.core.select.choose_method` for the cell, shape and backend.
       precision: the recurrence's matmul operands, ``"float32"`` or

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Union
 
+from jrnn.core import names
 from jrnn.core.cells import CELL_KINDS, Cell
 from jrnn.core.gates import ACTIVATIONS
 from jrnn.core.select import METHODS, PRECISIONS, RECURRENCE_PRECISIONS
@@ -26,7 +27,7 @@ from jrnn.core.validation import config_number as _number
 __all__ = ["ModelConfig", "ConfigError", "MODEL_KINDS", "applies"]
 
 # What ``ModelConfig.cell`` can name: a recurrent cell kind, or the fixed-window NNLM.
-MODEL_KINDS = CELL_KINDS + ("nnlm",)
+MODEL_KINDS = names.MODEL_KINDS
 
 
 def _rate(name: str, v) -> float:
@@ -34,6 +35,9 @@ def _rate(name: str, v) -> float:
 
 
 _RNNS = CELL_KINDS
+# The kinds with a recurrent weight W_h (what weight_dropout drops); mingru, minlstm and
+# rglru have none: their gates read only x_t.
+_WITH_W_H = ("linear", "elman", "lstm", "gru")
 # (field, the kinds it applies to, its default): set elsewhere, it is refused.
 _APPLIES = (
     ("activation", ("elman",), None),
@@ -46,7 +50,7 @@ _APPLIES = (
     ("scan_unroll", _RNNS, None),
     ("remat", _RNNS, False),
     ("variational", _RNNS, False),
-    ("weight_dropout", _RNNS, 0.0),
+    ("weight_dropout", _WITH_W_H, 0.0),
     ("embedding_dropout", _RNNS, 0.0),
     ("recurrence_precision", _RNNS, "float32"),
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from jrnn.core import names
 from jrnn.core.gates import ACTIVATIONS as _ACTIVATIONS
 from jrnn.core.validation import ConfigError
 from jrnn.core.validation import config_int as _positive_int
@@ -189,3 +190,4 @@ PRESETS: dict[str, TrainConfig] = {
         init_scale=0.05, optimizer="adam", lr=1e-3, lr_decay=0.5, decay_start=3, clip=5.0,
         epochs=5, batch_size=20, bptt=35),
 }
+names.agree("PRESETS", PRESETS)

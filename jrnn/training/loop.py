@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jrnn.core import names
 from jrnn.data import batchify, bptt_windows, num_windows
 from jrnn.models.lm import LanguageModel
 from jrnn.training.step import TrainState, make_eval_step
@@ -37,6 +38,7 @@ __all__ = [
 # The optimizers a configuration (and ``jrnn train --optimizer``) can name.  From
 # Python, pass any optax.GradientTransformation to fit instead.
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}
+names.agree("OPTIMIZERS", OPTIMIZERS)
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
