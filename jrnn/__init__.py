@@ -22,39 +22,40 @@ and no jrnn import hidden in a function body):
 ``cli``        the ``jrnn`` command line: parses and prints       (everything)
 =============  =============================================================
 
-The public API is ``jrnn.*``.  Research modules (``jrnn.diagnostics``,
-``jrnn.tasks``, ``jrnn.parallel``, ``jrnn.distributed``, ``jrnn.interop``)
-are loaded when first used.  The first release's module paths
+The public API is ``jrnn.*``.  Each name, and each research module
+(``jrnn.diagnostics``, ``jrnn.tasks``, ``jrnn.parallel``,
+``jrnn.distributed``, ``jrnn.interop``), is loaded when first used:
+``import jrnn`` itself loads nothing of JAX.  The first release's module paths
 (``jrnn.cells``, ``jrnn.fused``, ...) were removed in 0.3; ``CHANGELOG.md``
 says where each of their names lives now.
 """
 
 import importlib as _importlib
 
-from jrnn.core.cells import CELL_KINDS, Cell, elman, gru, linear, lstm, make_cell, remat
-from jrnn.core.gates import LSTMCarry
-from jrnn.core.masking import reverse_within_lengths
-from jrnn.core.unroll import bidirectional, unroll
-from jrnn.models.lm import LanguageModel, ModelConfig, build_model, nnlm, rnn_lm
-from jrnn.models.losses import (
-    LossAux,
-    log_prob,
-    next_token_log_probs,
-    sequence_loss,
-    token_log_probs,
-)
-from jrnn.training.step import (
-    TrainState,
-    all_finite,
-    init_train_state,
-    make_eval_step,
-    make_train_epoch,
-    make_train_step,
-)
-
 __version__ = "0.3.0"
 
-# Loaded on first use: ``jrnn.diagnostics`` is jrnn.analysis.diagnostics, and so on.
+# Every public name, by the module that defines it.  Nothing is imported until a
+# name is first used (``jrnn.lstm`` loads jrnn.core.cells, and JAX with it), so
+# ``import jrnn`` is cheap: the command line parses its arguments and answers
+# ``jrnn --help`` without loading JAX.
+_NAMES = {
+    "jrnn.core.cells": ("CELL_KINDS", "Cell", "elman", "gru", "linear", "lstm", "make_cell",
+                        "mingru", "minlstm", "remat", "rglru"),
+    "jrnn.core.gates": ("LSTMCarry",),
+    "jrnn.core.masking": ("reverse_within_lengths",),
+    "jrnn.core.unroll": ("bidirectional", "unroll"),
+    "jrnn.models.lm": ("LanguageModel", "ModelConfig", "build_model", "nnlm", "rnn_lm"),
+    "jrnn.models.losses": ("LossAux", "log_prob", "next_token_log_probs", "sequence_loss",
+                           "token_log_probs"),
+    "jrnn.models.sampling": ("Scores", "sample", "score", "stream"),
+    "jrnn.training.step": ("TrainState", "all_finite", "init_train_state", "make_eval_step",
+                           "make_train_epoch", "make_train_step"),
+    "jrnn.training.fit": ("fit", "Callbacks", "FitResult", "FitError", "NonFiniteError"),
+    "jrnn.training.config": ("TrainConfig", "PRESETS"),
+}
+_WHERE = {name: module for module, names in _NAMES.items() for name in names}
+
+# Modules by a short name: ``jrnn.diagnostics`` is jrnn.analysis.diagnostics, and so on.
 _LAZY = {
     "reference": "jrnn.reference",
     "data": "jrnn.data",
@@ -71,26 +72,13 @@ _LAZY = {
 }
 
 
-# The training loop's names, loaded with it on first use: ``jrnn.fit`` is
-# jrnn.training.fit.fit, ``jrnn.TrainConfig`` jrnn.training.config.TrainConfig.
-_LAZY_NAMES = {
-    "fit": "jrnn.training.fit",
-    "Callbacks": "jrnn.training.fit",
-    "FitResult": "jrnn.training.fit",
-    "FitError": "jrnn.training.fit",
-    "NonFiniteError": "jrnn.training.fit",
-    "TrainConfig": "jrnn.training.config",
-    "PRESETS": "jrnn.training.config",
-}
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         module = _importlib.import_module(_LAZY[name])
         globals()[name] = module
         return module
-    if name in _LAZY_NAMES:
-        value = getattr(_importlib.import_module(_LAZY_NAMES[name]), name)
+    if name in _WHERE:
+        value = getattr(_importlib.import_module(_WHERE[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'jrnn' has no attribute {name!r}")
@@ -131,14 +119,21 @@ __all__ = [
     "make_eval_step",
     "make_train_epoch",
     "make_train_step",
+    "mingru",
+    "minlstm",
     "next_token_log_probs",
     "nnlm",
     "parallel",
     "reference",
     "remat",
     "reverse_within_lengths",
+    "rglru",
     "rnn_lm",
+    "Scores",
+    "sample",
+    "score",
     "sequence_loss",
+    "stream",
     "tasks",
     "token_log_probs",
     "unroll",

@@ -194,6 +194,10 @@ def test_unreachable_coordinator_fails_in_one_line():
     (["--coordinator", "127.0.0.1:1234"], "--coordinator, --num-processes and --process-id go together"),
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1, got 2"),
     (["--local-device-ids", "0"], "--local-device-ids needs a process group (--coordinator ...)"),
+    (["--coordinator", "notahost", "--num-processes", "2", "--process-id", "0"],
+     "the coordinator address must be host:port (a port 1..65535), got 'notahost'"),
+    (["--coordinator", "h:99999", "--num-processes", "2", "--process-id", "1"],
+     "the coordinator address must be host:port (a port 1..65535), got 'h:99999'"),
 ])
 def test_group_options_are_checked_before_joining(args, message, capsys):
     from jrnn.cli import main
@@ -239,3 +243,100 @@ def test_readme_two_processes_on_one_machine_verbatim(tmp_path):
     lines = [l for l in r.stdout.splitlines() if "test ppl" in l]
     assert len(lines) == 2, r.stdout
     assert sorted(os.listdir(tmp_path / "runs" / "pair")) == ["best.ckpt", "last.ckpt", "summary.json"]
+
+
+# ---- the join, checked in Python before JAX's coordination service can abort ----------------
+
+def _one_line_errors(procs, timeout=60):
+    codes, lines = [], []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        codes.append(p.returncode)
+        lines.append(err.strip().splitlines())
+    assert all(len(l) == 1 for l in lines), lines  # one line each, no C++ log
+    return codes, [l[0] for l in lines]
+
+
+def test_process_0_alone_ends_in_one_line_within_the_join_timeout(capsys):
+    from jrnn.cli import main
+
+    t0 = time.time()
+    assert main(["train", *TINY, "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "3",
+                 "--process-id", "0", "--join-timeout", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "jrnn: error: the process group did not form within 2s: processes 1, 2 of 3 never joined "
+        "(raise --join-timeout if they start later)")
+    assert time.time() - t0 < 10
+
+
+def test_two_processes_with_one_id_are_refused_on_every_process(tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "jrnn", "train", *TINY, "--out", str(tmp_path / f"r{i}"),
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "3", "--process-id", str(pid),
+         "--join-timeout", "20"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, pid in enumerate([0, 1, 1])]
+    codes, lines = _one_line_errors(procs)
+    assert codes == [2, 2, 2]
+    assert set(lines) == {"jrnn: error: two processes were started with --process-id 1; each needs its own"}
+    assert not any((tmp_path / f"r{i}").exists() for i in range(3))
+
+
+def test_a_second_process_0_is_refused_in_one_line(tmp_path):
+    port = _free_port()
+    first = distributed.socket.socket()
+    first.bind(("", port))  # what a first process 0 holds while it waits for its group
+    first.listen(1)
+    try:
+        r = subprocess.run([sys.executable, "-m", "jrnn", "train", *TINY, "--coordinator", f"127.0.0.1:{port}",
+                            "--num-processes", "2", "--process-id", "0", "--join-timeout", "5"],
+                           env=_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    finally:
+        first.close()
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"jrnn: error: process 0 cannot listen on port {port} of 127.0.0.1:{port} "
+                                "(Address already in use); is another process 0 of a group running there?")
+
+
+def test_processes_with_different_options_are_refused_on_every_process(tmp_path):
+    port = _free_port()
+    extra = [[], ["--lr", "0.5", "--hidden-size", "20"]]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "jrnn", "train", *TINY, *extra[i], "--out", str(tmp_path / f"r{i}"),
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+         "--join-timeout", "20"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    codes, lines = _one_line_errors(procs)
+    assert codes == [2, 2]
+    assert lines[0] == lines[1] == (
+        "jrnn: error: process 1 was started with options that differ from process 0's: "
+        "--hidden-size (process 1: 20, process 0: 16); --lr (process 1: 0.5, process 0: not given) "
+        "(every process needs the same options)")
+
+
+def test_rendezvous_ignores_strangers_and_checks_the_group_size():
+    import threading
+
+    port = _free_port()
+    errors = {}
+
+    def run(pid, n):
+        try:
+            distributed.rendezvous(f"127.0.0.1:{port}", n, pid, {"--lr": 1}, 10)
+            errors[pid] = None
+        except distributed.DistributedError as e:
+            errors[pid] = str(e)
+
+    lead = threading.Thread(target=run, args=(0, 2))
+    lead.start()
+    for _ in range(100):  # a stranger connects and sends garbage: ignored
+        try:
+            with distributed.socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            break
+        except OSError:
+            time.sleep(0.05)
+    run(1, 3)  # the wrong group size
+    lead.join()
+    assert errors[0] == errors[1] == "process 1 was started with --num-processes 3, process 0 with 2"

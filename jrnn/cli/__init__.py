@@ -2,25 +2,28 @@
 
 The only package that parses arguments or prints.  Errors in the user's input
 (data, checkpoints, options) end with one line on stderr and exit code 2.
-This module parses the arguments with only ``jrnn``'s lists of choices
-loaded (``import jrnn`` itself imports JAX: ``jrnn --help`` takes about two
-seconds); the commands, the training loop and the data are imported once
-the arguments are parsed.
+This module parses the arguments with only the names of ``jrnn``'s choices
+loaded (:mod:`jrnn.core.names`; ``import jrnn`` loads nothing of JAX, so
+``jrnn --help`` answers in about 0.1 s instead of 1.5 s); the commands, the
+training loop and the data, and JAX with them, are imported once the
+arguments are parsed.  A Ctrl-C while they load is held until they have
+loaded, then ends the command in one line (exit code 130).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from importlib import metadata
 from typing import Optional, Sequence
 
-from jrnn.cli.options import DEFAULTS, PRESETS, UserError
-from jrnn.core.select import PRECISIONS
-from jrnn.training.config import ACTIVATIONS, CELLS, OPTIMIZERS
+from jrnn.cli.options import UserError
+from jrnn.core.names import ACTIVATIONS, MODEL_KINDS, OPTIMIZERS, PRECISIONS, PRESETS
 
-__all__ = ["main", "PRESETS", "DEFAULTS", "UserError"]
+__all__ = ["main", "UserError"]
 
 # ---- argument parsing -------------------------------------------------------
 
@@ -71,7 +74,7 @@ def _train_data_arguments(t: argparse.ArgumentParser) -> None:
 
 def _train_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS))
-    t.add_argument("--cell", choices=list(CELLS))
+    t.add_argument("--cell", choices=list(MODEL_KINDS))
     t.add_argument("--activation", choices=list(ACTIVATIONS))
     t.add_argument("--layers", "--num-layers", dest="num_layers", type=int)
     t.add_argument("--embed-size", type=int)
@@ -155,6 +158,9 @@ def _train_run_arguments(t: argparse.ArgumentParser) -> None:
 
 def _train_arguments(sub) -> None:
     t = sub.add_parser("train", help="train a language model")
+    t.add_argument("--config", metavar="FILE",
+                   help="a TOML file of settings, e.g. a run's config.toml (which runs it again); "
+                        "options on the command line win over the file")
     _train_data_arguments(t)
     _train_model_arguments(t)
     _train_optimization_arguments(t)
@@ -174,7 +180,12 @@ def _eval_arguments(sub) -> None:
 
 def _score_arguments(sub) -> None:
     s = sub.add_parser("score", help="log-probability of sentences, best first")
-    s.add_argument("sentences", nargs="+")
+    s.add_argument("sentences", nargs="*")
+    s.add_argument("--file", help="score each line of this file (blank lines skipped), in file "
+                                  "order: one line out per sentence, instead of the ranking")
+    s.add_argument("--format", choices=["tsv", "json"], default=None,
+                   help="with --file: tsv (the default: log-prob, tokens, perplexity, sentence) "
+                        "or json (one object per line)")
     _checkpoint_argument(s)
 
 
@@ -189,6 +200,11 @@ def _generate_arguments(sub) -> None:
     g = sub.add_parser("generate", help="sample text")
     g.add_argument("--words", type=int, default=100, help="tokens to sample")
     g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None,
+                   help="draw only among the K most probable tokens")
+    g.add_argument("--top-p", type=float, default=None,
+                   help="draw only from the nucleus: the fewest most probable tokens whose "
+                        "probability sums to at least P, in (0, 1]")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompt", default="")
     _checkpoint_argument(g)
@@ -216,18 +232,122 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# ---- Ctrl-C ----------------------------------------------------------------------
+
+_PRESSES = {"n": 0}
+
+
+def _count_press(signum, frame) -> None:
+    _PRESSES["n"] += 1
+
+
+def _raise_interrupts() -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt (``main`` turns it into one line and
+    exit code 130; ``jrnn train`` then installs its own handler: finish the window, save).
+    A press while JAX was loading, when it could have been swallowed by an import or
+    turned into an ImportError, is raised now."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _PRESSES["n"]:
+        raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``jrnn`` command: returns its exit code (0 done, 2 bad input, 3 non-finite, 130
+    interrupted, 4 a lost process group)."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # Until JAX is loaded a Ctrl-C is counted, not raised (see _raise_interrupts).
+    _PRESSES["n"] = 0
+    old = signal.signal(signal.SIGINT, _count_press) if main_thread else None
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:
+        print("jrnn: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
+    if code == 130 and program and main_thread:
+        # A second Ctrl-C would interrupt Python's exit (an atexit traceback, exit -2).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+# Settings of a run's config.toml that are not options of their own.
+_NOT_OPTIONS = {"custom_vjp": True, "recurrence_precision": "float32"}
+
+
+def _settings_options(path: str, train: argparse.ArgumentParser) -> list:
+    """The settings in the TOML file at ``path`` as ``jrnn train`` options (placed before the
+    command line's, which therefore win), or a :class:`UserError` naming what cannot be."""
+    from jrnn.training import configfile  # no JAX: a settings file is read before JAX loads
+
+    try:
+        settings = configfile.read(path)
+    except configfile.ConfigFileError as e:
+        raise UserError(str(e)) from None
+    actions = {a.dest: a for a in train._actions if a.option_strings and a.dest != "help"}
+    method, scan_unroll = settings.pop("method", "auto"), settings.pop("scan_unroll", None)
+    if method == "scan":
+        settings.setdefault("unroll", scan_unroll or 1)
+    elif method != "auto":
+        raise UserError(f"{path}: method = {method!r} has no command-line option; "
+                        "set it in Python (jrnn.TrainConfig)")
+    out = []
+    for name, value in settings.items():
+        dest = name.replace("-", "_")
+        dest = {"layers": "num_layers", "tie": "tie_embeddings"}.get(dest, dest)
+        if dest in _NOT_OPTIONS:
+            if value != _NOT_OPTIONS[dest]:
+                raise UserError(f"{path}: {name} = {value!r} has no command-line option; "
+                                "set it in Python (jrnn.TrainConfig)")
+            continue
+        action = actions.get(dest)
+        if action is None or dest == "config":
+            raise UserError(f"{path}: {name} is not a setting of jrnn train "
+                            "(the names are its options with underscores, e.g. hidden_size)")
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # an on/off option
+            if not isinstance(value, bool):
+                raise UserError(f"{path}: {name} takes true or false, got {value!r}")
+            if value:
+                out.append(flag)
+            elif action.default not in (None, False):
+                raise UserError(f"{path}: {name} = false cannot be set from a file")
+            continue
+        if isinstance(value, bool):
+            raise UserError(f"{path}: {name} takes a value like {flag} does, got {value!r}")
+        out += [flag, str(value)]
+    return out
+
+
+def _main(argv: list) -> int:
     if argv and argv[0] in ("diagnose", "tasks"):
         # Gradient-flow / decay plots and long-range task sweeps.  Lazy: loads JAX.
         from jrnn.cli import tools
 
+        _raise_interrupts()
         tool = tools.diagnose_main if argv[0] == "diagnose" else tools.tasks_main
         return tool(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if argv and argv[0] == "train":
+        first = argparse.ArgumentParser(add_help=False)
+        first.add_argument("--config")
+        known, _ = first.parse_known_args(argv[1:])
+        if known.config is not None:
+            train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            try:
+                argv = ["train", *_settings_options(known.config, train.choices["train"]), *argv[1:]]
+            except UserError as e:
+                print(f"jrnn: error: {e}", file=sys.stderr)
+                return 2
+    args = parser.parse_args(argv)
     # Lazy, after parsing: the commands load JAX, which --help does not need.
     from jrnn.cli import commands
 
+    _raise_interrupts()
     try:
         code = commands.COMMANDS[args.command](args)
     except commands.NONFINITE as e:
@@ -236,18 +356,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except commands.USER_ERRORS as e:
         print(f"jrnn: error: {e}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("jrnn: interrupted", file=sys.stderr)
-        code = 130
-    except commands.GROUP_LOST as e:
-        if not commands.in_group():
+    except commands.GROUP_LOST as e:  # XLA's runtime errors, and failed collectives
+        oom = commands.out_of_memory_message(e)
+        if oom is None and not commands.in_group():
             raise
+        print(f"jrnn: error: {oom or commands.group_lost_message(e)}", file=sys.stderr)
+        if not commands.in_group():
+            return 2
         # A collective failed: another process of the group died.  JAX's shutdown would
         # wait for it at a barrier, then abort; leave now (files are written and closed).
-        print(f"jrnn: error: {commands.group_lost_message(e)}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(4)
+        os._exit(2 if oom else 4)
     return code
 
 

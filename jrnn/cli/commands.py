@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -9,13 +10,12 @@ import time
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jrnn
 from jrnn import data as D
 from jrnn.core.validation import positive_int
-from jrnn.cli.options import DEFAULT, DEFAULTS, PRESETS, TrainConfig, UserError, _fail, flag
+from jrnn.cli.options import UserError, _fail, flag
 from jrnn.data import DataError
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed
@@ -24,12 +24,13 @@ from jrnn.training import fit as fit_module
 from jrnn.training.inference import load_for_inference
 from jrnn.training import runs
 from jrnn.training.checkpoint import CheckpointError
-from jrnn.training.config import MAX_SEED, ConfigError
+from jrnn.training.config import DEFAULT, MAX_SEED, PRESETS, ConfigError, TrainConfig
+from jrnn.training.rundir import RunDirError
 from jrnn.training.runtime import keep_host_memory
 
 # ---- the training config from the options ---------------------------------------
 
-CONFIG_FIELDS = tuple(DEFAULTS)  # every option by its one name (the model's included)
+CONFIG_FIELDS = tuple(DEFAULT.flat())  # every option by its one name (the model's included)
 
 
 def _overrides(args) -> dict:
@@ -162,6 +163,17 @@ def _train_data(args):
 _GROUP = {"joined": False}
 
 
+# Options each process has its own value of; every other option must be the same in the group.
+_PER_PROCESS = {"command", "func", "process_id", "local_device_ids", "quiet", "release_host_memory",
+                "coordinator", "join_timeout", "out", "runs"}
+
+
+def _group_options(args) -> dict:
+    """The options every process of a group must share, by their flags (``--lr``: 0.5)."""
+    return {flag(k): v for k, v in sorted(vars(args).items())
+            if k not in _PER_PROCESS and not callable(v)}
+
+
 def _join_group(args) -> Optional[str]:
     """Join the process group the options or the environment describe (before anything
     asks JAX for a device).  Returns a label for this process, or None when alone."""
@@ -186,7 +198,7 @@ def _join_group(args) -> Optional[str]:
     try:
         index, count = distributed.initialize_multihost(
             args.coordinator, args.num_processes, args.process_id, local_device_ids=local,
-            timeout_s=args.join_timeout)
+            timeout_s=args.join_timeout, options=_group_options(args))
     except distributed.DistributedError as e:
         raise UserError(str(e)) from None
     _GROUP["joined"] = count > 1
@@ -229,6 +241,17 @@ def cmd_train(args) -> int:
 def in_group() -> bool:
     """Whether this process joined a group of several (``jrnn train --coordinator ...``)."""
     return _GROUP["joined"]
+
+
+def out_of_memory_message(error: Exception) -> Optional[str]:
+    """One line for XLA's ``RESOURCE_EXHAUSTED`` (memory ran out although the estimate
+    before the first step passed: fragmentation, other processes); None for other errors."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "RESOURCE_EXHAUSTED" not in first:
+        return None
+    device = jax.devices()[0]
+    return (f"out of memory on {device.platform} ({first[:160]}); the checkpoints already written "
+            "are intact; use a smaller --batch-size, --bptt or --hidden-size")
 
 
 def group_lost_message(error: Exception) -> str:
@@ -326,10 +349,42 @@ def _warn_unknown(vocab, texts: Sequence[str]) -> None:
                   file=sys.stderr)
 
 
+def _score_file(args, model, params, vocab) -> int:
+    """``jrnn score --file``: one output line per non-blank input line, in file order."""
+    if not os.path.exists(args.file):
+        _fail(f"{args.file}: no such file (score --file reads one sentence a line)")
+    sentences = [" ".join(line.split()) for line in D.read_text(args.file).splitlines()]
+    sentences = [s for s in sentences if s]  # blank lines are skipped (read_text refuses all-blank)
+    unknown = sorted({w for s in sentences for w in vocab.unknown(s)})
+    if unknown:
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        print(f"note: not in the vocabulary, scored as <unk>: {', '.join(unknown[:20])}{more}",
+              file=sys.stderr)
+    scores = jrnn.score(model, params, [[vocab.eos_id] + vocab.encode(s) for s in sentences])
+    if not np.all(np.isfinite(scores.log_prob)):
+        raise _not_finite(args.checkpoint, params, "log-probabilities")
+    for s, lp, n in zip(sentences, scores.log_prob.tolist(), scores.num_tokens.tolist()):
+        ppl = math.exp(-lp / n) if -lp / n < 700 else math.inf
+        if args.format == "json":
+            print(json.dumps({"log_prob": lp, "tokens": n,
+                              "perplexity": ppl if math.isfinite(ppl) else None, "sentence": s}))
+        else:
+            print(f"{lp:.4f}\t{n}\t{ppl:.6g}\t{s}")
+    return 0
+
+
 def cmd_score(args) -> int:
+    if args.file is not None and args.sentences:
+        _fail("give sentences or --file, not both")
+    if args.file is None and not args.sentences:
+        _fail("give sentences to score, or --file FILE (one sentence a line)")
+    if args.format is not None and args.file is None:
+        _fail("--format goes with --file")
     model, params, vocab, _ = load_for_use(args.checkpoint)
     if vocab.level != "word":
         _fail("score needs a word-level checkpoint")
+    if args.file is not None:
+        return _score_file(args, model, params, vocab)
     sentences = [s for s in args.sentences]
     if any(not s.split() for s in sentences):
         _fail("cannot score an empty sentence")
@@ -369,7 +424,6 @@ def cmd_next(args) -> int:
 
 
 def cmd_generate(args) -> int:
-
     model, params, vocab, _ = load_for_use(args.checkpoint)
     if not (args.temperature > 0 and math.isfinite(args.temperature)):
         _fail(f"--temperature must be a positive finite number, got {args.temperature}")
@@ -378,29 +432,22 @@ def cmd_generate(args) -> int:
         _fail(f"--words must be positive, got {args.words}")
     if not 0 <= args.seed <= MAX_SEED:
         _fail(f"--seed must be an int in 0..{MAX_SEED}, got {args.seed}")
-
-    @jax.jit
-    def one(params, tok, carry, key):
-        logits, carry = model.apply(params, tok, carry)
-        nxt = jax.random.categorical(key, logits[:, -1] / args.temperature)
-        return nxt[:, None].astype(jnp.int32), carry, jnp.all(jnp.isfinite(logits))
+    if args.top_k is not None:
+        _positive("--top-k", args.top_k)
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        _fail(f"--top-p must be in (0, 1], got {args.top_p}")
 
     if args.prompt:
         _warn_unknown(vocab, [args.prompt])
     prompt = [vocab.eos_id] + (vocab.encode(args.prompt, add_eos=False) if args.prompt else [])
-    logits, carry = model.apply(params, jnp.array([prompt[:-1]], jnp.int32)) if len(prompt) > 1 else (None, None)
-    if logits is not None and not bool(jnp.all(jnp.isfinite(logits))):
-        raise _not_finite(args.checkpoint, params, "logits")
-    carry = carry if carry is not None else model.initial_carry(1)
-    tok = jnp.array([[prompt[-1]]], jnp.int32)
-    key = jax.random.PRNGKey(args.seed)
-    out = []
-    for _ in range(args.words):
-        key, sub = jax.random.split(key)
-        tok, carry, finite = one(params, tok, carry, sub)
-        if not bool(finite):
-            raise _not_finite(args.checkpoint, params, "logits")
-        out.append(int(tok[0, 0]))
+    # One key for the one row, split once per token: the seed gives the text 0.3.0 gave.
+    key = jax.random.PRNGKey(args.seed)[None]
+    try:
+        tokens = jrnn.sample(model, params, np.array([prompt], np.int32), args.words, key=key,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    except FloatingPointError:
+        raise _not_finite(args.checkpoint, params, "logits") from None
+    out = [int(i) for i in np.asarray(tokens)[0]]
     if vocab.level == "word":
         words = [("\n" if vocab.itos[i] == "<eos>" else vocab.itos[i]) for i in out]
         text = " ".join(words).replace(" \n ", "\n").replace(" \n", "\n")
@@ -411,7 +458,7 @@ def cmd_generate(args) -> int:
 
 
 # The errors that end a command with one line and exit code 2 (3: a non-finite run).
-USER_ERRORS = (UserError, DataError, CheckpointError, fit_module.FitError, ConfigError)
+USER_ERRORS = (UserError, DataError, CheckpointError, fit_module.FitError, ConfigError, RunDirError)
 NONFINITE = fit_module.NonFiniteError
 # Only caught when several processes train together: a failed collective.
 GROUP_LOST = (jax.errors.JaxRuntimeError, distributed.GroupLostError)

@@ -1,13 +1,10 @@
-"""What the command line shares between its modules: presets, defaults, the user-error type."""
+"""What the command line's modules share and ``jrnn --help`` needs: the user-error type and
+the spelling of options.  Imports nothing of JAX (the argument parser is built before JAX
+loads)."""
 
 from __future__ import annotations
 
-from jrnn.training.config import DEFAULT, PRESETS, TrainConfig
-
-__all__ = ["PRESETS", "DEFAULT", "DEFAULTS", "TrainConfig", "UserError", "flag"]
-
-# The defaults by option name (the model's fields included).
-DEFAULTS = DEFAULT.flat()
+__all__ = ["UserError", "flag"]
 
 
 class UserError(Exception):

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -69,6 +70,8 @@ __all__ = [
     "any_process",
     "broadcast_text",
     "GroupLostError",
+    "rendezvous",
+    "check_same_options",
 ]
 
 DATA_AXIS = "data"
@@ -246,6 +249,7 @@ def initialize_multihost(
     *,
     local_device_ids: Optional[Sequence[int]] = None,
     timeout_s: int = 60,
+    options: Optional[dict] = None,
 ) -> tuple[int, int]:
     """Join a multi-process run: ``jax.distributed.initialize``, then ``(process_index, process_count)``.
 
@@ -267,13 +271,21 @@ def initialize_multihost(
     the collectives go over Gloo (TCP).  Tested with 2 and 4 processes on one
     machine in ``tests/test_multiprocess.py``.
 
+    ``options`` (JSON-able: the settings every process must share) are
+    compared with process 0's at the join (:func:`rendezvous` with an explicit
+    coordinator, :func:`check_same_options` under a scheduler); a difference
+    is refused on every process before any training collective runs.
+
     Raises:
       DistributedError: the group did not form (a coordinator that cannot be
-        reached, a process that never joined), in one line.
+        reached, a process that never joined, two processes with one id, a
+        difference in ``options``), in one line.
     """
-    if coordinator_address and process_id:
-        # XLA aborts the whole process when it cannot reach the coordinator; find out first.
-        _wait_for_coordinator(coordinator_address, timeout_s)
+    if coordinator_address is not None and num_processes is not None and process_id is not None:
+        # XLA aborts the whole process (a multi-line C++ log, exit 134) when the group cannot
+        # form: a coordinator that is not there, a process that never joins, two processes
+        # with one id.  A rendezvous in Python checks all of that first, in one line.
+        rendezvous(coordinator_address, num_processes, process_id, options, timeout_s)
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
@@ -289,23 +301,179 @@ def initialize_multihost(
         where = coordinator_address or "the coordinator the environment names"
         raise DistributedError(f"could not join the process group at {where} within "
                                f"{timeout_s}s ({first})") from None
+    if options is not None and coordinator_address is None:
+        check_same_options(options)  # a scheduler's group: compared over the group's collectives
     return jax.process_index(), jax.process_count()
 
 
-def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+def _split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise DistributedError(f"the coordinator address must be host:port, got {address!r}")
-    deadline = time.monotonic() + timeout_s
-    while True:
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"the coordinator address must be host:port (a port 1..65535), "
+                               f"got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _differences(lead: dict, other: dict, who: str) -> list[str]:
+    """``--lr (process 1: 0.5, process 0: not given)`` for each option that differs."""
+    def shown(d, k):
+        return "not given" if d.get(k) is None else repr(d[k])
+    return [f"{k} ({who}: {shown(other, k)}, process 0: {shown(lead, k)})"
+            for k in sorted(set(lead) | set(other)) if lead.get(k) != other.get(k)]
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    sock.sendall((json.dumps(message) + "\n").encode())
+
+
+def _receive(sock: socket.socket, deadline: float, limit: int = 1 << 20) -> Optional[dict]:
+    """One JSON line from ``sock`` before ``deadline``; None if it closed or sent garbage."""
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or len(data) > limit:
+            return None
+        sock.settimeout(min(left, 1.0))
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
-                return
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    try:
+        message = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def rendezvous(address: str, num_processes: int, process_id: int, options: Optional[dict],
+               timeout_s: float) -> None:
+    """Check, before JAX's coordination service starts, that the group can form.
+
+    Process 0 listens on the coordinator's port; every other process connects
+    and says its id and its ``options`` (a JSON-able dict of the settings that
+    must agree).  Process 0 answers all of them with one verdict: the group is
+    complete, each id 1..N-1 came once, and every process's options equal its
+    own; or the reason it is not, which every process raises.  Then process 0
+    closes the port and ``jax.distributed.initialize`` opens it again.
+
+    Raises:
+      DistributedError: in one line, on every process that got that far: the
+        address is not ``host:port``, the port is taken (another process 0),
+        no process 0 answered, processes did not join within ``timeout_s``,
+        an id came twice, or options differ (naming them).
+    """
+    host, port = _split_address(address)
+    mine = options or {}
+    deadline = time.monotonic() + timeout_s
+    if process_id == 0:
+        _lead_rendezvous(address, port, num_processes, mine, deadline, timeout_s)
+        return
+    sock = None
+    while sock is None:
+        try:
+            sock = socket.create_connection((host, port), timeout=2.0)
         except OSError as e:
             if time.monotonic() >= deadline:
                 raise DistributedError(f"could not join the process group at {address} within "
                                        f"{timeout_s}s (no coordinator answers there: {e})") from None
-            time.sleep(0.5)
+            time.sleep(0.25)
+    with sock:
+        try:
+            _send(sock, {"jrnn": "join", "id": process_id, "of": num_processes, "options": mine})
+        except OSError as e:
+            raise DistributedError(f"process 0 at {address} closed the connection ({e})") from None
+        # Process 0 waits up to its own timeout for the others; allow for a later start.
+        verdict = _receive(sock, deadline + timeout_s)
+    if verdict is None:
+        raise DistributedError(f"process 0 at {address} gave no answer (is it a jrnn train of the "
+                               f"same version, and did it stop?)")
+    if not verdict.get("ok"):
+        raise DistributedError(str(verdict.get("error", "the group did not form"))[:500])
+
+
+def _lead_rendezvous(address, port, n, mine, deadline, timeout_s) -> None:
+    server = socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET)
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if server.family == socket.AF_INET6:
+            server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind(("", port))
+        server.listen(max(n, 8))
+    except OSError as e:
+        server.close()
+        raise DistributedError(f"process 0 cannot listen on port {port} of {address} ({e.strerror or e}); "
+                               "is another process 0 of a group running there?") from None
+    joined: dict[int, socket.socket] = {}
+    others: list[socket.socket] = []
+    error = None
+    try:
+        server.settimeout(0.5)
+        while len(joined) < n - 1 and error is None:
+            if time.monotonic() >= deadline:
+                missing = [str(i) for i in range(1, n) if i not in joined]
+                error = (f"the process group did not form within {timeout_s}s: process"
+                         f"{'es' if len(missing) > 1 else ''} {', '.join(missing)} of {n} never joined "
+                         f"(raise --join-timeout if they start later)")
+                break
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            hello = _receive(conn, min(deadline, time.monotonic() + 10))
+            if hello is None or hello.get("jrnn") != "join":
+                conn.close()  # not one of ours (a port scanner, an old client): ignore it
+                continue
+            pid, count = hello.get("id"), hello.get("of")
+            if count != n:
+                others.append(conn)
+                error = f"process {pid} was started with --num-processes {count}, process 0 with {n}"
+            elif not isinstance(pid, int) or not 0 < pid < n:
+                others.append(conn)
+                error = f"a process joined with id {pid!r}; ids are 1..{n - 1} besides process 0"
+            elif pid in joined:
+                others.append(conn)
+                error = f"two processes were started with --process-id {pid}; each needs its own"
+            else:
+                joined[pid] = conn
+                differ = _differences(mine, hello.get("options") or {}, f"process {pid}")
+                if differ:
+                    error = (f"process {pid} was started with options that differ from process 0's: "
+                             + "; ".join(differ)[:400] + " (every process needs the same options)")
+        verdict = {"ok": error is None, "error": error}
+        for conn in [*joined.values(), *others]:
+            try:
+                _send(conn, verdict)
+            except OSError:
+                pass
+        for conn in joined.values():  # the others close first, so the port is free again at once
+            _receive(conn, time.monotonic() + 2.0)
+    finally:
+        for conn in [*joined.values(), *others]:
+            conn.close()
+        server.close()
+    if error is not None:
+        raise DistributedError(error)
+
+
+def check_same_options(options: dict) -> None:
+    """Compare ``options`` with process 0's over the group (after it formed); a difference is
+    raised as :class:`DistributedError` on every process (every process must call this)."""
+    if not is_multiprocess():
+        return
+    theirs = json.loads(broadcast_text(json.dumps(options, sort_keys=True)))
+    differ = _differences(theirs, options, f"process {jax.process_index()}")
+    (anyone,) = any_process(bool(differ))
+    if differ:
+        raise DistributedError(f"process {jax.process_index()} was started with options that differ "
+                               f"from process 0's: " + "; ".join(differ)[:400])
+    if anyone:
+        raise DistributedError("another process of the group was started with different options "
+                               "(every process needs the same options)")
 
 
 def is_multiprocess() -> bool:

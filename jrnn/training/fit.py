@@ -67,6 +67,7 @@ import optax
 from jrnn.data import Corpus, batchify, num_windows
 from jrnn.models.lm import LanguageModel, build_model
 from jrnn.training import checkpoint as ckpt
+from jrnn.training import configfile
 from jrnn.training import distributed
 from jrnn.training.config import DEFAULT, ConfigError, TrainConfig
 from jrnn.training.loop import (
@@ -125,13 +126,17 @@ class Callbacks(NamedTuple):
     * ``on_window(epoch, i, n, metrics, tokens_per_s)``: after every window
       (not with ``fused_epoch``);
     * ``on_epoch(record)``: after each epoch, with its history record;
-    * ``on_message(text)``: notes (resuming, skipped windows, interruptions).
+    * ``on_message(text)``: notes (resuming, skipped windows, interruptions);
+    * ``on_metrics(record)``: each record the run appends to its
+      ``metrics.jsonl`` (``"kind"``: ``"train"`` every ``log_every`` windows,
+      ``"epoch"``, ``"test"``).
     """
 
     on_start: Optional[Callable[[dict], None]] = None
     on_window: Optional[Callable[[int, int, int, dict, float], None]] = None
     on_epoch: Optional[Callable[[dict], None]] = None
     on_message: Optional[Callable[[str], None]] = None
+    on_metrics: Optional[Callable[[dict], None]] = None
 
 
 class FitResult(NamedTuple):
@@ -386,11 +391,12 @@ class _Epochs:
     def __init__(self, plan: Plan, steps: _Steps, corpus: Corpus, streams: np.ndarray,
                  progress: Progress, writer: Writer, header: dict, *, skip: bool,
                  max_windows: Optional[int], save_every: float, stop: threading.Event,
-                 callbacks: Callbacks, names: list):
+                 callbacks: Callbacks, names: list, log_every: int, t_start: float):
         self.plan, self.steps, self.corpus, self.streams = plan, steps, corpus, streams
         self.progress, self.writer, self.header = progress, writer, header
         self.skip, self.max_windows, self.save_every, self.stop = skip, max_windows, save_every, stop
         self.callbacks, self.names = callbacks, names
+        self.log_every, self.t_start = log_every, t_start
         self.eval_batch = min(EVAL_BATCH, plan.config.batch_size)
         self.best_params = None  # several processes: the best parameters, kept in memory
         self.halted = False  # a stop agreed by every process
@@ -417,6 +423,14 @@ class _Epochs:
             f"window {window + 1}); stopped without saving it, {keep}",
             step=step_no, epoch=epoch, window=window, parameters=broke)
 
+    def record(self, kind: str, step: int, **fields) -> None:
+        """One record for ``metrics.jsonl`` and ``Callbacks.on_metrics``."""
+        record = {"kind": kind, "step": step, **fields,
+                  "wall_s": round(time.perf_counter() - self.t_start, 3)}
+        self.writer.log(record)
+        if self.callbacks.on_metrics is not None:
+            self.callbacks.on_metrics(dict(record))
+
     def _window_done(self, epoch, i, state, carry, m, running) -> bool:
         """After window ``i``: stop on a non-finite value, an agreed signal, or max_windows;
         save ``last.ckpt`` when ``save_every`` seconds have passed.  True ends the epoch."""
@@ -424,8 +438,15 @@ class _Epochs:
         self.running = running
         if not m["finite"]:  # the loss is global: every process sees the same
             if not self.skip:
-                raise self.nonfinite(epoch, i, m, int(state.step) + 1)
+                raise self.nonfinite(epoch, i, m, int(state.step))  # the step just taken, from 1
             p.skipped += 1
+        if (i + 1) % self.log_every == 0:
+            nll, tokens = running[0], running[1]
+            self.record("train", int(state.step), epoch=epoch + 1, window=i + 1,
+                        loss=m["token_nll"] if m["finite"] else None,
+                        epoch_ppl=math.exp(min(nll / tokens, 700.0)) if tokens else None,
+                        grad_norm=m["grad_norm"] if math.isfinite(m["grad_norm"]) else None,
+                        lr=_learning_rate(state))
         self.halted, due = distributed.any_process(
             self.stop.is_set(), time.perf_counter() - self.last_save > self.save_every)
         if self.halted:
@@ -490,6 +511,7 @@ class _Epochs:
             self.writer.save(self.writer.run_dir.best, state, p.meta(self.header, epoch + 1, 0))
             if self.writer.multi:
                 self.best_params = self._host_params(state)
+        self.record("epoch", int(state.step), **record)
         self.writer.save(self.last, state, p.meta(self.header, epoch + 1, 0))
         if self.callbacks.on_epoch is not None:
             self.callbacks.on_epoch(dict(record))
@@ -608,6 +630,13 @@ def _first_state(plan: Plan, saved, writer: Writer,
     last = writer.run_dir.last
     # Shapes checked against the file before anything of the header's size is allocated.
     state = ckpt.restore_into(jax.eval_shape(fresh), raw, last)
+    held = {"params": state.params, "opt_state": state.opt_state}
+    bad = [name for name, x in zip(leaf_names(held), jax.tree_util.tree_leaves(held))
+           if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.all(np.isfinite(np.asarray(x)))]
+    if bad:  # a run that diverged: resuming would stop at its first step, naming this file "good"
+        raise FitError(f"{last} holds non-finite values ({', '.join(bad[:3])}"
+                       f"{', ...' if len(bad) > 3 else ''}), so it cannot be resumed; "
+                       "start a new run or resume from a copy of an earlier checkpoint")
     progress = Progress.from_checkpoint(meta, plan.model.initial_carry(plan.config.batch_size), last)
     if writer.multi:
         say("every process read the checkpoint (a run over several hosts needs its run "
@@ -615,6 +644,33 @@ def _first_state(plan: Plan, saved, writer: Writer,
     say(f"resuming {writer.run_dir.path}: epoch {progress.epoch + 1}, window {progress.window}, "
         f"step {int(state.step)}")
     return state, progress
+
+
+def settings_text(config: TrainConfig, data_info: Optional[dict], given: tuple = (),
+                  **run: Any) -> str:
+    """A run's ``config.toml``: its data, model, training and run settings, which
+    ``jrnn train --config FILE`` reads back (:mod:`jrnn.training.configfile`).
+
+    Example:
+      >>> text = settings_text(DEFAULT, {"data": None, "level": "word"}, on_nonfinite="stop")
+      >>> "[model]" in text and "hidden_size = 64" in text and 'on_nonfinite = "stop"' in text
+      True
+    """
+    d = config.to_dict()
+    model = d.pop("model")
+    tables = {}
+    if data_info:
+        tables["data"] = {k: data_info.get(k) for k in ("data", "level", "max_vocab", "min_freq")}
+    if model is not None:
+        tables["model"] = {k: v for k, v in model.items() if k != "vocab_size"}
+    tables["train"] = d
+    tables["run"] = run
+    note = ("The settings of a jrnn run: `jrnn train --config THIS_FILE --out DIR` runs it again.\n"
+            "Options given on the command line win over the file.")
+    if given:
+        note += (f"\nThis run's {' and '.join(given)} came from Python: this file does not hold "
+                 "them, and does not reproduce the run.")
+    return configfile.dumps(tables, note)
 
 
 def _interrupted_note(run_dir: RunDir, progress: Progress) -> str:
@@ -653,6 +709,7 @@ def fit(
     data_parallel: bool = False,
     handle_signals: bool = True,
     callbacks: Callbacks = Callbacks(),
+    log_every: Optional[int] = None,
 ) -> FitResult:
     """Train a language model on ``corpus`` and keep its run in a directory.
 
@@ -687,6 +744,18 @@ def fit(
       handle_signals: on SIGINT/SIGTERM finish the current window, save and
         return with ``complete=False`` (main thread only).
       callbacks: :class:`Callbacks`.
+      log_every: windows between the ``"train"`` records of ``metrics.jsonl``
+        (default: 20 records an epoch).
+
+    Files: ``last.ckpt`` and ``best.ckpt`` (checkpoints), ``summary.json``
+    (the finished run), ``config.toml`` (the settings: ``jrnn train --config``
+    runs them again) and ``metrics.jsonl`` (one JSON record a line: a
+    ``"train"`` record every ``log_every`` windows with the window's loss,
+    the epoch's perplexity so far, the gradient norm and the learning rate;
+    an ``"epoch"`` record with the history's fields; a ``"test"`` record).
+    Each record has the ``step`` (updates so far) and ``wall_s`` (seconds
+    since the start); a resume drops the records after its checkpoint and
+    logs those windows again, so the file reads as one run.
 
     Returns:
       :class:`FitResult`.
@@ -734,6 +803,10 @@ def fit(
         config = plan.config  # no model description when the model came from Python
         _check_memory(plan)
         state, progress = _first_state(plan, saved, writer, say)
+        writer.trim_log(int(state.step))  # a resume logs its windows again
+        writer.settings = settings_text(config, data_info, plan.given, on_nonfinite=on_nonfinite,
+                                        max_windows=max_windows, fused_epoch=fused_epoch,
+                                        data_parallel=data_parallel)
         steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
         if steps.rows is not None:
             streams = streams[steps.rows]
@@ -749,7 +822,9 @@ def fit(
             epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
                              skip=on_nonfinite == "skip", max_windows=max_windows,
                              save_every=save_every, stop=stop, callbacks=callbacks,
-                             names=leaf_names(state.params))
+                             names=leaf_names(state.params), t_start=t_start,
+                             log_every=log_every or max(1, min(num_windows(streams, config.bptt),
+                                                                max_windows or 2**62) // 20))
             for epoch in range(progress.epoch, config.epochs):
                 state, stats, interrupted = epochs.train(epoch, state)
                 if interrupted or epochs.finish(epoch, state, stats):
@@ -757,6 +832,8 @@ def fit(
                     return _result(writer.run_dir, state, progress, t_start)
 
         test_ppl, n_test = epochs.test(state, say)
+        epochs.record("test", int(state.step), test_ppl=test_ppl if math.isfinite(test_ppl) else None,
+                      test_tokens=n_test)
         result = _result(writer.run_dir, state, progress, t_start, test_ppl)
         writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
                         "best_valid_ppl": result.best_valid_ppl, "wall_seconds": result.wall_seconds,

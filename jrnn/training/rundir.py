@@ -32,6 +32,16 @@ class RunDirError(ValueError):
     """A run directory that cannot be used as asked, in one line."""
 
 
+class SaveError(RunDirError):
+    """A file of the run could not be written (a full disk, a lost mount); the files
+    already there are intact: every save writes a new file and swaps it in."""
+
+
+def _cannot_write(path: str, e: OSError) -> SaveError:
+    return SaveError(f"cannot write {path} ({e.strerror or e}); the checkpoints already "
+                     "there are intact")
+
+
 class RunDir(NamedTuple):
     """The files of one run.
 
@@ -53,6 +63,16 @@ class RunDir(NamedTuple):
     @property
     def summary(self) -> str:
         return os.path.join(self.path, "summary.json")
+
+    @property
+    def settings(self) -> str:
+        """The run's settings as ``jrnn train --config`` reads them (:mod:`jrnn.training.configfile`)."""
+        return os.path.join(self.path, "config.toml")
+
+    @property
+    def metrics(self) -> str:
+        """One JSON record a line: windows, epochs and the test (see :meth:`Writer.log`)."""
+        return os.path.join(self.path, "metrics.jsonl")
 
     def existing_best(self) -> Optional[str]:
         """``best.ckpt`` if it was written, else ``None``."""
@@ -288,11 +308,16 @@ def open_run_dir(out: Optional[str], runs_root: str = "runs", *, resume: bool = 
 
 def _write_json(path: str, obj: Any) -> None:
     """Write ``obj`` to ``path`` atomically, through a temporary file created exclusively."""
+    _write_text(path, json.dumps(obj, indent=1))
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, through a temporary file created exclusively."""
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                dir=os.path.dirname(path) or ".")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+            f.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
@@ -316,6 +341,8 @@ class Writer:
         self._run_dir = None if self.claim is not None else run_dir
         self.multi = distributed.is_multiprocess()
         self.leader = jax.process_index() == 0
+        self.settings: Optional[str] = None  # config.toml's text, written with the first checkpoint
+        self._log: list = []  # metric records not yet in metrics.jsonl
 
     @property
     def run_dir(self) -> RunDir:
@@ -332,13 +359,68 @@ class Writer:
         if self.multi:  # gather the sharded state and carry (a collective), then write once
             state, carry = distributed.to_host(state), distributed.to_host(carry)
         if self.leader:
-            ckpt.save(path, state, meta, carry=carry)
+            try:
+                ckpt.save(path, state, meta, carry=carry)
+                if self.settings is not None:
+                    _write_text(self.run_dir.settings, self.settings)
+                    self.settings = None
+                self._flush_log()
+            except OSError as e:
+                raise _cannot_write(path, e) from None
             if self.claim is not None:
                 self.claim.commit()
 
+    def log(self, record: dict) -> None:
+        """Append ``record`` to the run's ``metrics.jsonl`` (one JSON object a line); kept in
+        memory until the run's first checkpoint, so a start that never saved leaves no file."""
+        if not self.leader:
+            return
+        self._log.append(json.dumps(record))
+        if os.path.exists(self.run_dir.last):
+            try:
+                self._flush_log()
+            except OSError as e:
+                raise _cannot_write(self.run_dir.metrics, e) from None
+
+    def _flush_log(self) -> None:
+        if self._log:
+            # Appended in place, never through a link planted there (O_NOFOLLOW).
+            fd = os.open(self.run_dir.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "a") as f:
+                f.write("".join(line + "\n" for line in self._log))
+            self._log = []
+
+    def trim_log(self, step: int) -> None:
+        """Drop the records after ``step`` (a resume runs those windows again and logs them
+        anew) and any line a killed write cut short."""
+        path = self.run_dir.metrics
+        if not self.leader or not os.path.exists(path):
+            return
+        kept = []
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # never read through a planted link
+        except OSError as e:
+            raise _cannot_write(path, e) from None
+        with os.fdopen(fd) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        try:
+            _write_text(path, "".join(kept))
+        except OSError as e:
+            raise _cannot_write(path, e) from None
+
     def summary(self, obj: dict) -> None:
         if self.leader:
-            _write_json(self.run_dir.summary, obj)
+            try:
+                _write_json(self.run_dir.summary, obj)
+                self._flush_log()
+            except OSError as e:
+                raise _cannot_write(self.run_dir.summary, e) from None
             if self.claim is not None:
                 self.claim.commit()
 

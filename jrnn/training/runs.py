@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 # Files whose presence means a directory holds a run.
-RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json")
+RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl")
 
 
 class RunPointerError(CheckpointError):

@@ -1,0 +1,144 @@
+"""The files a run writes besides its checkpoints: ``metrics.jsonl`` (every record parses,
+matches what was printed, and reads as one run after a resume) and ``config.toml``
+(``jrnn train --config`` runs it again bit for bit; a hand-written file equals the same
+options on the command line; a file jrnn cannot use is refused in one line)."""
+
+import json
+import os
+import re
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from jrnn.cli import main
+from jrnn.data import builtin_corpus
+from jrnn.training import checkpoint as ckpt
+from jrnn.training.config import DEFAULT
+from jrnn.training.fit import Callbacks, fit
+
+TINY = ["--hidden-size", "8", "--embed-size", "8", "--batch-size", "4", "--bptt", "5",
+        "--epochs", "2", "--max-windows", "30", "--quiet"]
+TIMING = ("wall_s", "tokens_per_s", "seconds")
+
+
+def _records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def _params(run_dir):
+    _, raw = ckpt.load_raw(os.path.join(run_dir, "last.ckpt"))
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(raw["params"])]
+
+
+def test_metrics_parse_and_match_the_printed_figures(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    records = _records(out)
+    assert [r["kind"] for r in records] == ["train"] * 20 + ["epoch"] + ["train"] * 20 + ["epoch", "test"] \
+        or [r["kind"] for r in records].count("epoch") == 2
+    train = [r for r in records if r["kind"] == "train"]
+    assert train and all(r["window"] % 1 == 0 and r["loss"] > 0 and r["grad_norm"] > 0 for r in train)
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    lines = re.findall(r"epoch +(\d+) \| lr (\S+) \| train ppl +(\S+) \| valid ppl +(\S+)", printed)
+    assert len(lines) == len(epochs) == 2
+    for (e, lr, train_ppl, valid_ppl), r in zip(lines, epochs):
+        assert (int(e), f"{r['lr']:.4g}", f"{r['train_ppl']:.2f}", f"{r['valid_ppl']:.2f}") == \
+            (r["epoch"], lr, train_ppl, valid_ppl)
+    (test,) = [r for r in records if r["kind"] == "test"]
+    assert f"test ppl {test['test_ppl']:.2f}" in printed
+    assert json.load(open(os.path.join(out, "summary.json")))["history"] == \
+        [{k: v for k, v in r.items() if k not in ("kind", "step", "wall_s")} for r in epochs]
+
+
+def test_a_resumed_run_logs_what_the_uninterrupted_run_logs(tmp_path):
+    config = DEFAULT.replace(hidden_size=8, embed_size=8, batch_size=20, bptt=10, epochs=2)
+    corpus = builtin_corpus(400)  # 17 windows an epoch
+    whole = fit(config, corpus, str(tmp_path / "whole"), log_every=3)
+
+    def interrupt_at_window_7(epoch, i, n, m, tok_s):
+        if epoch == 0 and i == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # fit finishes the window, saves and returns
+
+    cut = str(tmp_path / "cut")
+    first = fit(config, corpus, cut, log_every=3,
+                callbacks=Callbacks(on_window=interrupt_at_window_7))
+    assert not first.complete
+    with open(os.path.join(cut, "metrics.jsonl"), "a") as f:  # what a killed run could leave
+        f.write(json.dumps({"kind": "train", "step": 10**6}) + "\n" + '{"kind": "tra')
+    seen = []
+    done = fit(None, corpus, cut, resume=True, log_every=3,
+               callbacks=Callbacks(on_metrics=seen.append))
+    assert done.complete
+    assert _untimed(_records(cut)) == _untimed(_records(whole.run_dir))
+    assert _untimed(seen) == _untimed(_records(cut))[-len(seen):]
+    assert [np.array_equal(a, b) for a, b in zip(_params(cut), _params(whole.run_dir))] == \
+        [True] * len(_params(cut))
+
+
+def test_the_saved_config_runs_the_run_again_bit_for_bit(tmp_path, capsys):
+    first, again = str(tmp_path / "first"), str(tmp_path / "again")
+    assert main(["train", *TINY, "--cell", "gru", "--lr", "0.003", "--seed", "7", "--out", first]) == 0
+    assert main(["train", "--config", os.path.join(first, "config.toml"), "--out", again]) == 0
+    a, b = _params(first), _params(again)
+    assert len(a) == len(b) > 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert open(os.path.join(first, "config.toml")).read() == open(os.path.join(again, "config.toml")).read()
+    capsys.readouterr()
+
+
+def test_a_config_file_equals_the_same_options_on_the_command_line(tmp_path):
+    settings = tmp_path / "small.toml"
+    settings.write_text('# a hand-written file\n[model]\ncell = "elman"\nactivation = "relu"\n'
+                        'hidden_size = 8\nembed_size = 8\n\n[train]\nbatch_size = 4\nbptt = 5\n'
+                        'epochs = 1\nlr = 0.002\n\n[run]\nmax_windows = 20\n')
+    by_file, by_flags = str(tmp_path / "file"), str(tmp_path / "flags")
+    assert main(["train", "--config", str(settings), "--quiet", "--hidden-size", "6", "--out", by_file]) == 0
+    assert main(["train", "--cell", "elman", "--activation", "relu", "--hidden-size", "6", "--embed-size", "8",
+                 "--batch-size", "4", "--bptt", "5", "--epochs", "1", "--lr", "0.002", "--max-windows", "20",
+                 "--quiet", "--out", by_flags]) == 0
+    a, b = _params(by_file), _params(by_flags)
+    assert a[0].shape == b[0].shape and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nfoo = 1\n", "foo is not a setting of jrnn train"),
+    ("[models]\nhidden_size = 8\n", "unknown table [models]"),
+    ("hidden_size = [8]\n", "hidden_size is a list"),
+    ("hidden_size = \n", "not a TOML file"),
+    ("tie_embeddings = 1\n", "tie_embeddings takes true or false, got 1"),
+    ("hidden_size = true\n", "hidden_size takes a value like --hidden-size does, got True"),
+    ('method = "pallas"\n', "method = 'pallas' has no command-line option"),
+    ("hidden_size = 8\n[model]\nhidden_size = 9\n", "hidden_size is given twice"),
+    ("hidden_size = -3\n", "--hidden-size"),
+    ('cell = "transformer"\n', "cell"),
+])
+def test_a_config_file_jrnn_cannot_use_is_one_line(tmp_path, capsys, text, message):
+    settings = tmp_path / "bad.toml"
+    settings.write_text(text)
+    try:
+        code = main(["train", "--config", str(settings), "--out", str(tmp_path / "x")])
+    except SystemExit as e:  # argparse's own refusals (a choice, a type) exit from parse_args
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_a_python_model_is_named_in_the_saved_config(tmp_path):
+    import jrnn
+
+    corpus = builtin_corpus(200)
+    model = jrnn.rnn_lm(len(corpus.vocab), cell=jrnn.gru(8), embed_size=8)
+    out = str(tmp_path / "mine")
+    fit(jrnn.TrainConfig(epochs=1, batch_size=4, bptt=5), corpus, out, model=model, max_windows=3)
+    text = open(os.path.join(out, "config.toml")).read()
+    assert "This run's model came from Python" in text and "[model]" not in text
