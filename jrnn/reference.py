@@ -17,6 +17,11 @@ Parameters use jrnn's layout (``W``, ``W_h``, ``b`` and, for the GRU,
 papers' equations; they have no hand-written backward pass here (the tests
 check their gradients by finite differences of this forward pass).
 
+:func:`xlstm_forward` runs the xLSTM cells (``"slstm"``, ``"mlstm"``; Beck et
+al. 2024), whose carries hold more than ``h``, stabilised in log space
+exactly as jrnn's cells are; their gradients too are checked by finite
+differences of this forward pass.
+
 An LSTM whose params hold ``W_hr: [H, P]`` is the LSTM with projections
 (LSTMP, PyTorch's ``proj_size``): ``h_t = (o * tanh c_t) @ W_hr``, so ``h``
 is ``P`` wide while ``c`` and the gates stay ``H`` wide.
@@ -29,6 +34,7 @@ import numpy as np
 __all__ = [
     "cell_forward",
     "cell_backward",
+    "xlstm_forward",
     "lm_forward",
     "lm_loss",
     "lm_grads",
@@ -141,6 +147,104 @@ def cell_forward(kind, params, xs, h0=None, c0=None, *, activation="tanh",
             hs[t, b] = h
         h_final[b], c_final[b] = h, c
     return hs, h_final, (c_final if kind == "lstm" else None)
+
+
+# ---- xLSTM (Beck et al. 2024): exponential input gates, stabilised in log space ----------
+
+
+def _log_sigmoid(z):
+    return -np.logaddexp(0.0, -z)  # log(1 / (1 + e^-z)), finite for any z
+
+
+def _block_diagonal(R):
+    """The sLSTM's ``R: [heads, d, 4d]`` as one ``[H, 4H]`` matrix: zero outside each head's blocks."""
+    heads, d, _ = R.shape
+    H = heads * d
+    dense = np.zeros((H, 4 * H))
+    for k in range(heads):  # head k's units read only head k's units, in each gate block
+        for g in range(4):
+            dense[k * d : (k + 1) * d, g * H + k * d : g * H + (k + 1) * d] = R[k][:, g * d : (g + 1) * d]
+    return dense
+
+
+def _slstm_step(p, x, state):
+    """One sLSTM step for one sequence; ``state = (h, c, n, m)``, each ``[H]``."""
+    h, c, n, m = state
+    H = h.shape[-1]
+    a = x @ p["W"] + p["b"] + h @ _block_diagonal(p["R"])
+    log_i, log_f = a[:H], _log_sigmoid(a[H : 2 * H])  # i = exp(a_i), f = sigmoid(a_f)
+    z, o = np.tanh(a[2 * H : 3 * H]), sigmoid(a[3 * H :])
+    keep = np.where(n == 0, log_i, log_f + m)  # an empty state restarts the stabiliser at log i
+    m = np.maximum(keep, log_i)
+    f, i = np.exp(keep - m), np.exp(log_i - m)  # f', i': the gates divided by e^m
+    c = f * c + i * z
+    n = f * n + i
+    h = o * c / n
+    return h, (h, c, n, m)
+
+
+def _mlstm_step(p, x, state, heads):
+    """One mLSTM step for one sequence; ``state = (C [heads, d, d], n [heads, d], m [heads], h [H])``."""
+    C, n, m, h = (np.array(s) for s in state)
+    H = h.shape[-1]
+    d = H // heads
+    a = x @ p["W"] + p["b"]
+    q, k, v = (a[j * H : (j + 1) * H].reshape(heads, d) for j in range(3))
+    k = k / np.sqrt(d)
+    o = sigmoid(a[3 * H : 4 * H])
+    log_i, log_f = a[4 * H : 4 * H + heads], _log_sigmoid(a[4 * H + heads :])
+    h_tilde = np.zeros((heads, d))
+    for j in range(heads):
+        m_new = max(log_f[j] + m[j], log_i[j])
+        f, i = np.exp(log_f[j] + m[j] - m_new), np.exp(log_i[j] - m_new)
+        C[j] = f * C[j] + i * np.outer(v[j], k[j])
+        n[j] = f * n[j] + i * k[j]
+        m[j] = m_new
+        # C q / max(|n.q|, e^-m), top and bottom times e^min(m, 0) so that no exp overflows.
+        s = min(m_new, 0.0)
+        h_tilde[j] = (C[j] @ q[j]) * np.exp(s) / max(abs(n[j] @ q[j]) * np.exp(s), np.exp(s - m_new))
+    h = o * h_tilde.reshape(H)
+    return h, (C, n, m, h)
+
+
+def xlstm_forward(kind, params, xs, carry=None, *, num_heads=1, lengths=None, reverse=False):
+    """Run an sLSTM or mLSTM over ``xs: [T, B, D]``, one sequence and one step at a time.
+
+    ``carry`` is ``None`` (zeros) or the cell's carry as a tuple with a
+    leading batch axis: sLSTM ``(h, c, n, m)``, each ``[B, H]``; mLSTM ``(C
+    [B, heads, d, d], n [B, heads, d], m [B, heads], h [B, H])``.  The sLSTM
+    reads its heads from ``R``; the mLSTM's are ``num_heads``.  ``lengths``
+    and ``reverse`` as in :func:`cell_forward`.
+
+    Returns ``(hs [T, B, H], final carry)``, the carry a tuple as given.
+    """
+    p = _f64(params)
+    xs = np.asarray(xs, np.float64)
+    T, B, _ = xs.shape
+    if kind == "slstm":
+        H = p["R"].shape[0] * p["R"].shape[1]
+        zeros = tuple(np.zeros((B, H)) for _ in range(4))
+        step = lambda x, state: _slstm_step(p, x, state)
+    elif kind == "mlstm":
+        H = (p["W"].shape[1] - 2 * num_heads) // 4
+        d = H // num_heads
+        zeros = (np.zeros((B, num_heads, d, d)), np.zeros((B, num_heads, d)),
+                 np.zeros((B, num_heads)), np.zeros((B, H)))
+        step = lambda x, state: _mlstm_step(p, x, state, num_heads)
+    else:
+        raise ValueError(f"xlstm_forward runs 'slstm' or 'mlstm', got {kind!r}")
+    carry = zeros if carry is None else tuple(np.array(c, np.float64) for c in carry)
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    hs = np.zeros((T, B, H))
+    finals = tuple(np.array(c) for c in carry)
+    for b in range(B):
+        state = tuple(c[b] for c in carry)
+        order = range(lengths[b] - 1, -1, -1) if reverse else range(lengths[b])
+        for t in order:
+            hs[t, b], state = step(xs[t, b], state)
+        for final, s in zip(finals, state):
+            final[b] = s
+    return hs, finals
 
 
 def _forward_cached(kind, p, xs, act):

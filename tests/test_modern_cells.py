@@ -276,13 +276,16 @@ def test_config_refuses_fields_that_do_not_apply():
                 ModelConfig(cell=kind, hidden_size=8, **{field: value})
             assert "\n" not in str(info.value)
     assert ModelConfig(cell="lstm", weight_dropout=0.2).replace(cell="rglru").weight_dropout == 0.0
+    for kind in KINDS:  # a mask on h_(t-1) would drop the linear state itself
+        with pytest.raises(ConfigError, match=f"recurrent_dropout .* not '{kind}'.*memory itself"):
+            ModelConfig(cell=kind, recurrent_dropout=0.2)
 
 
 # ---- language models, Flax, the command line ---------------------------------------------------
 
 
 @pytest.mark.parametrize("kind,method", [("mingru", "auto"), ("minlstm", "associative"),
-                                         ("rglru", "auto")])
+                                         ("rglru", "auto"), ("slstm", "auto"), ("mlstm", "associative")])
 def test_rnn_lm_trains_with_finite_decreasing_loss(kind, method):
     V = 12
     model = jrnn.rnn_lm(V, cell=kind, embed_size=8, hidden_size=8, num_layers=2, method=method)
@@ -311,9 +314,10 @@ def test_flax_modules_take_the_new_cells():
             chex.assert_trees_all_close(ys, np.swapaxes(want, 0, 1), **TOL)
 
 
-def test_cli_trains_mingru_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("kind", ["mingru", "slstm"])
+def test_cli_trains_a_new_cell_and_resumes_exactly(tmp_path, kind):
     whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
-    argv = ["train", "--cell", "mingru", "--layers", "1", *TINY_TRAIN]
+    argv = ["train", "--cell", kind, "--layers", "1", *TINY_TRAIN]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-m", "jrnn", *argv, "--epochs", "2", "--out", whole],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -323,7 +327,7 @@ def test_cli_trains_mingru_and_resumes_exactly(tmp_path):
                  "--quiet"]) == 0
     meta_w, raw_w = ckpt.load_raw(os.path.join(whole, "last.ckpt"))
     meta_p, raw_p = ckpt.load_raw(os.path.join(part, "last.ckpt"))
-    assert meta_p["config"]["model"]["cell"] == "mingru" and int(raw_p["step"]) == int(raw_w["step"])
+    assert meta_p["config"]["model"]["cell"] == kind and int(raw_p["step"]) == int(raw_w["step"])
     leaves_w, leaves_p = jax.tree_util.tree_leaves(raw_w), jax.tree_util.tree_leaves(raw_p)
     assert len(leaves_w) == len(leaves_p)
     for a, b in zip(leaves_w, leaves_p):

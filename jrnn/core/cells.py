@@ -32,10 +32,20 @@ A cell knows one timestep of the recurrence and nothing else.  Every cell has
   timesteps at once.  The cell's ``step`` is ``h = a * h + b`` with them, and
   ``jrnn.unroll(..., method="associative")`` runs the same recurrence as a
   parallel scan over time (:mod:`jrnn.core.parallel`).
+* ``parallel`` -- optional, for a cell whose state is updated by gates from
+  the input alone but is not elementwise (:func:`mlstm`'s matrix memory):
+  ``parallel(params, xs_proj, carry, ends) -> (carry, hs)`` runs the whole
+  sequence at once, forward in time, with sequence ``b``'s final carry taken
+  after ``ends[b]`` steps; ``jrnn.unroll(..., method="associative")`` uses it.
+
+The xLSTM cells (:func:`slstm`, :func:`mlstm`) carry more than ``h``
+(:class:`SLSTMCarry`, :class:`MLSTMCarry`); :func:`slstm` has a block-diagonal
+recurrent weight ``R`` instead of ``W_h``, and :func:`mlstm` none.
 
 What a cell *is* lives in typed fields, never in strings to parse:
 ``kind`` is the family (``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``,
-``"mingru"``, ``"minlstm"``, ``"rglru"``, ``"diagonal"``), ``activation`` the named activation of a linear or Elman
+``"mingru"``, ``"minlstm"``, ``"rglru"``, ``"slstm"``, ``"mlstm"``, ``"diagonal"``),
+``activation`` the named activation of a linear or Elman
 cell (``None`` for gated cells and custom callables), and ``remat`` whether
 the step is rematerialized.  ``hidden_size`` is always the width of the
 hidden state ``h`` and of the outputs (what the next layer reads);
@@ -79,6 +89,10 @@ __all__ = [
     "mingru",
     "minlstm",
     "rglru",
+    "slstm",
+    "mlstm",
+    "SLSTMCarry",
+    "MLSTMCarry",
     "make_cell",
     "remat",
     "sequence_for",
@@ -151,6 +165,7 @@ class Cell(NamedTuple):
     remat: bool = False
     cell_size: Optional[int] = None
     affine: Optional[Callable[[Params, Array], tuple]] = None
+    parallel: Optional[Callable[..., tuple]] = None
 
 
 def gate_size(cell: Cell) -> int:
@@ -723,11 +738,309 @@ def rglru(hidden_size: int, *, init_scale: float | None = None) -> Cell:
     return _gated_linear_cell("rglru", H, 3, init, affine, project)
 
 
+# --------------------------------------------------------------------------
+# xLSTM (Beck et al. 2024): exponential input gates, kept finite by a log-space stabiliser
+# m_t that the state is divided by (c~_t = c_t e^{-m_t}); every output is a ratio in
+# which e^{-m_t} cancels, so m_t changes the numerics, never the values.
+
+
+class SLSTMCarry(NamedTuple):
+    """The sLSTM's state, each ``[..., H]``: output ``h``, cell ``c``, normaliser ``n``, stabiliser ``m``."""
+
+    h: Array
+    c: Array
+    n: Array
+    m: Array
+
+
+class MLSTMCarry(NamedTuple):
+    """The mLSTM's state: the matrix memory ``C: [..., heads, d, d]`` (values x keys), the
+    normaliser ``n: [..., heads, d]``, the stabiliser ``m: [..., heads]`` and the last output
+    ``h: [..., H]`` (``d = H / heads``; ``h`` is kept for :attr:`Cell.hidden`)."""
+
+    C: Array
+    n: Array
+    m: Array
+    h: Array
+
+
+def _head_size(hidden_size: int, num_heads: int) -> int:
+    positive_int("hidden_size", hidden_size)
+    positive_int("num_heads", num_heads)
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads "
+                         f"({num_heads})")
+    return hidden_size // num_heads
+
+
+def _batch(batch_shape) -> tuple:
+    return (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+
+
+def _forget_biases(n: int, dtype) -> Array:
+    # The official xLSTM code's forget-gate bias init: linspace(3, 6), sigmoid 0.95 .. 0.998,
+    # so the memory starts long.
+    return jnp.linspace(3.0, 6.0, n, dtype=dtype)
+
+
+def _block_recurrent(R: Array, h: Array) -> Array:
+    """``h R`` for the block-diagonal ``R: [heads, d, 4d]``, laid out as the gates: ``[..., 4H]``.
+
+    Head ``k``'s units read only head ``k``'s part of ``h``; its ``4d`` columns are
+    its units' (i, f, z, o) pre-activations, put back into the four ``H``-wide gate blocks.
+    """
+    heads, d, _ = R.shape
+    batch = h.shape[:-1]
+    r = jnp.einsum("...kd,kde->...ke", h.reshape(*batch, heads, d), R)  # [..., heads, 4d]
+    r = jnp.swapaxes(r.reshape(*batch, heads, 4, d), -3, -2)  # [..., 4, heads, d]
+    return r.reshape(*batch, 4 * heads * d)
+
+
+@interned
+def slstm(hidden_size: int, *, num_heads: int = 1, init_scale: float | None = None) -> Cell:
+    r"""sLSTM (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory"): scalar memory
+    with an exponential input gate and a normaliser state.
+
+    With ``a = W x_t + b + h_{t-1} R`` split into four ``[B, H]`` blocks (i, f, z, o):
+
+    .. math::
+        \log i_t = a_i, \quad \log f_t = \log \sigma(a_f), \quad
+        z_t = \tanh(a_z), \quad o_t = \sigma(a_o) \\
+        m_t = \max(\log f_t + m_{t-1}, \log i_t), \quad
+        i'_t = e^{\log i_t - m_t}, \quad f'_t = e^{\log f_t + m_{t-1} - m_t} \\
+        c_t = f'_t \odot c_{t-1} + i'_t \odot z_t, \quad
+        n_t = f'_t \odot n_{t-1} + i'_t, \quad
+        h_t = o_t \odot c_t / n_t
+
+    The input gate is the paper's exponential ``i_t = exp(a_i)``; the forget
+    gate is the sigmoid form (the official code's default), taken in log
+    space.  ``m_t`` is the paper's stabiliser: ``c_t`` and ``n_t`` are the
+    paper's states times ``e^{-m_t}``, so ``c_t / n_t`` is unchanged and no
+    ``exp`` overflows.  As in the official code (there for the whole batch,
+    here per unit), an empty state (``n_{t-1} = 0``, e.g. the zero initial
+    carry) has nothing to keep and restarts the stabiliser at ``m_t = log
+    i_t``; from then on ``n_t >= 1``.  ``R`` is
+    block-diagonal by heads: stored as ``R: [heads, H/heads, 4H/heads]``,
+    head ``k``'s units read only head ``k``'s part of ``h_{t-1}`` (columns in
+    (i, f, z, o) order within each head).
+
+    ``h_{t-1}`` feeds every gate, so the recurrence is not linear in its
+    state: it runs with the sequential scan only (``method="associative"``
+    and ``"doubling"`` are refused).  Shapes: ``W: [D, 4H]``, ``b: [4H]``,
+    ``R: [heads, H/heads, 4H/heads]``; the carry is :class:`SLSTMCarry`
+    ``(h, c, n, m)``, each ``[B, H]``.  Weights and biases start ~
+    U(-1/sqrt(H), 1/sqrt(H)) (``init_scale`` sets another bound), except the
+    forget-gate biases, ``linspace(3, 6)`` over the units.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.slstm(8, num_heads=2)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> {k: v.shape for k, v in sorted(params.items())}
+      {'R': (2, 4, 16), 'W': (3, 32), 'b': (32,)}
+      >>> carry, hs = jrnn.unroll(cell, params, jnp.ones((5, 2, 3)))
+      >>> hs.shape, carry.n.shape, bool((carry.n >= 1).all())
+      ((5, 2, 8), (2, 8), True)
+    """
+    d = _head_size(hidden_size, num_heads)
+    H = hidden_size
+    base_init = _input_init([("W", "b", (0, 4 * H))], H, init_scale)
+    scale = 1.0 / H**0.5 if init_scale is None else float(init_scale)
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        k_base, k_r = jax.random.split(key)
+        params = base_init(k_base, input_size, dtype)
+        params["b"] = params["b"].at[H : 2 * H].set(_forget_biases(H, dtype))
+        params["R"] = jax.random.uniform(k_r, (num_heads, d, 4 * d), dtype, -scale, scale)
+        return params
+
+    def initial_carry(batch_shape=(), dtype=jnp.float32) -> SLSTMCarry:
+        shape = (*_batch(batch_shape), H)
+        return SLSTMCarry(*(jnp.zeros(shape, dtype) for _ in range(4)))
+
+    def step(params: Params, carry: SLSTMCarry, x_proj: Array):
+        a = x_proj + _block_recurrent(params["R"], carry.h)
+        log_i = a[..., :H]
+        log_f = jax.nn.log_sigmoid(a[..., H : 2 * H])
+        # log(f_t e^{m_{t-1}}); an empty state (n = 0) has nothing to keep: restart at log i_t.
+        keep = jnp.where(carry.n == 0, log_i, log_f + carry.m)
+        m = jnp.maximum(keep, log_i)
+        f, i = jnp.exp(keep - m), jnp.exp(log_i - m)  # both <= 1: no overflow
+        c = f * carry.c + i * jnp.tanh(a[..., 2 * H : 3 * H])
+        n = f * carry.n + i
+        h = jax.nn.sigmoid(a[..., 3 * H :]) * c / n
+        return SLSTMCarry(h, c, n, m), h
+
+    return Cell(
+        kind="slstm",
+        hidden_size=H,
+        num_gates=4,
+        init=init,
+        initial_carry=initial_carry,
+        project=_project,
+        step=step,
+        hidden=lambda carry: carry.h,
+    )
+
+
+def _mlstm_readout(num: Array, den: Array, m: Array) -> Array:
+    """``num / max(|den|, e^{-m})``: the paper's ``C q / max(|n^T q|, 1)`` on stabilised states.
+
+    ``num: [..., d]``, ``den, m: [...]``.  Numerator and denominator are both
+    scaled by ``e^{min(m, 0)}``, so no ``exp`` overflows however small ``m``
+    gets (a long closed input gate), and the denominator is never 0 for ``m < 0``.
+    """
+    s = jnp.minimum(m, 0.0)
+    scale = jnp.exp(s)
+    return num * (scale / jnp.maximum(jnp.abs(den) * scale, jnp.exp(s - m)))[..., None]
+
+
+@interned
+def mlstm(hidden_size: int, *, num_heads: int = 1, init_scale: float | None = None) -> Cell:
+    r"""mLSTM (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory"): a matrix memory
+    per head, written with an exponential input gate; its gates read only x_t.
+
+    With ``a = W x_t + b`` split into ``q, k, v, o`` (``[B, H]`` each, the first three
+    as ``heads`` heads of ``d = H / heads``) and the per-head gates ``a_i, a_f: [B, heads]``:
+
+    .. math::
+        k_t \leftarrow k_t / \sqrt{d}, \quad \log i_t = a_i, \quad
+        \log f_t = \log \sigma(a_f), \quad o_t = \sigma(a_o) \\
+        m_t = \max(\log f_t + m_{t-1}, \log i_t), \quad
+        i'_t = e^{\log i_t - m_t}, \quad f'_t = e^{\log f_t + m_{t-1} - m_t} \\
+        C_t = f'_t C_{t-1} + i'_t\, v_t k_t^\top, \quad
+        n_t = f'_t n_{t-1} + i'_t k_t \\
+        \tilde h_t = \frac{C_t q_t}{\max(|n_t^\top q_t|, e^{-m_t})}, \quad
+        h_t = o_t \odot \tilde h_t
+
+    per head.  ``C_t, n_t`` are the paper's states times ``e^{-m_t}`` (its
+    stabiliser), so the denominator ``max(|n^T q|, e^{-m_t})`` is exactly the
+    paper's ``max(|n^T q|, 1)`` on the unstabilised states.  The forget gate
+    is the sigmoid form (the official code's default).  The cell is the
+    paper's mLSTM memory cell only: the block's up-projection, convolution,
+    group norm and skip are left to the model around it.
+
+    The gates read only ``x_t``, so the whole sequence has a **parallel
+    form** (the paper's): ``h~ = ((Q K^T) ⊙ D) V`` normalised, with the
+    causal decay ``D[t, s] = exp(log f_{s+1} + ... + log f_t + log i_s - m_t)``
+    built in log space and stabilised per row.
+    ``jrnn.unroll(..., method="associative")`` runs it (``cell.parallel``,
+    including the initial carry's contribution, ``lengths`` and
+    ``reverse``); it is quadratic in ``T`` (``[B, heads, T, T]`` weights) and
+    gives the sequential scan's values and final carry to rounding.  The
+    default ``"auto"`` runs the sequential ``step``.
+
+    Shapes: ``W: [D, 4H + 2 heads]``, ``b: [4H + 2 heads]`` (columns ``q, k,
+    v, o``, then ``a_i``, ``a_f`` per head); the carry is
+    :class:`MLSTMCarry` ``(C [B, heads, d, d], n [B, heads, d], m [B, heads],
+    h [B, H])``.  Weights and biases start ~ U(-1/sqrt(H), 1/sqrt(H))
+    (``init_scale`` sets another bound), except the forget-gate biases,
+    ``linspace(3, 6)`` over the heads (the official code's init).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.mlstm(8, num_heads=2)
+      >>> params = cell.init(jax.random.PRNGKey(0), input_size=3)
+      >>> params["W"].shape
+      (3, 36)
+      >>> xs = jax.random.normal(jax.random.PRNGKey(1), (6, 2, 3))
+      >>> carry, hs = jrnn.unroll(cell, params, xs)
+      >>> hs.shape, carry.C.shape, carry.m.shape
+      ((6, 2, 8), (2, 2, 4, 4), (2, 2))
+      >>> carry_par, hs_par = jrnn.unroll(cell, params, xs, method="associative")
+      >>> bool(jnp.allclose(hs, hs_par, atol=1e-5)), bool(jnp.allclose(carry.C, carry_par.C, atol=1e-5))
+      (True, True)
+    """
+    d = _head_size(hidden_size, num_heads)
+    H, nh = hidden_size, num_heads
+    base_init = _input_init([("W", "b", (0, 4 * H + 2 * nh))], H, init_scale)
+
+    def init(key: Array, input_size: int, dtype=jnp.float32) -> Params:
+        params = base_init(key, input_size, dtype)
+        params["b"] = params["b"].at[4 * H + nh :].set(_forget_biases(nh, dtype))
+        return params
+
+    def initial_carry(batch_shape=(), dtype=jnp.float32) -> MLSTMCarry:
+        batch = _batch(batch_shape)
+        return MLSTMCarry(jnp.zeros((*batch, nh, d, d), dtype), jnp.zeros((*batch, nh, d), dtype),
+                          jnp.zeros((*batch, nh), dtype), jnp.zeros((*batch, H), dtype))
+
+    def parts(a: Array):
+        """``[..., 4H + 2 heads]`` -> ``q, k, v: [..., heads, d]``, ``o: [..., H]``,
+        ``log i, log f: [..., heads]``."""
+        heads = lambda x: x.reshape(*x.shape[:-1], nh, d)
+        q, k, v = heads(a[..., :H]), heads(a[..., H : 2 * H]), heads(a[..., 2 * H : 3 * H])
+        o = jax.nn.sigmoid(a[..., 3 * H : 4 * H])
+        log_i, log_f = a[..., 4 * H : 4 * H + nh], jax.nn.log_sigmoid(a[..., 4 * H + nh :])
+        return q, k / d**0.5, v, o, log_i, log_f
+
+    def step(params: Params, carry: MLSTMCarry, x_proj: Array):
+        q, k, v, o, log_i, log_f = parts(x_proj)
+        m = jnp.maximum(log_f + carry.m, log_i)
+        f = jnp.exp(log_f + carry.m - m)[..., None]  # [..., heads, 1]: both <= 1
+        i = jnp.exp(log_i - m)[..., None]
+        C = f[..., None] * carry.C + i[..., None] * (v[..., :, None] * k[..., None, :])
+        n = f * carry.n + i * k
+        num = jnp.einsum("...vk,...k->...v", C, q)
+        h_tilde = _mlstm_readout(num, jnp.sum(n * q, axis=-1), m)
+        h = o * h_tilde.reshape(*h_tilde.shape[:-2], H)
+        return MLSTMCarry(C, n, m, h), h
+
+    def parallel(params: Params, xs_proj: Array, carry: MLSTMCarry, ends: Array):
+        """All ``T`` steps at once (forward in time): ``xs_proj: [T, B, 4H + 2 heads]`` ->
+        ``(carry after ends[b] steps of sequence b, hs: [T, B, H])``."""
+        del params  # everything is in xs_proj
+        T, B = xs_proj.shape[:2]
+        carry = jax.tree_util.tree_map(lambda c: jnp.asarray(c, xs_proj.dtype), carry)
+        q, k, v, o, log_i, log_f = parts(xs_proj)
+        Q, K, V = (jnp.moveaxis(x, 0, 2) for x in (q, k, v))  # [B, heads, T, d]
+        log_i, log_f = jnp.moveaxis(log_i, 0, -1), jnp.moveaxis(log_f, 0, -1)  # [B, heads, T]
+        t, s = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+        # seg[t, s] = log f_{s+1} + ... + log f_t, summed along each column (not as a
+        # difference of two cumulative sums, which loses the small ones in long sequences).
+        seg = jnp.cumsum(jnp.where(t > s, log_f[..., :, None], 0.0), axis=-2)
+        log_d = jnp.where(t >= s, seg + log_i[..., None, :], -jnp.inf)  # [B, heads, T, T]
+        log_g = jnp.cumsum(log_f, axis=-1) + carry.m[..., None]  # the initial state's weight
+        m = jnp.maximum(log_g, jnp.max(log_d, axis=-1))  # = the recurrent m_t, [B, heads, T]
+        D, g = jnp.exp(log_d - m[..., None]), jnp.exp(log_g - m)
+        S = jnp.einsum("bhtk,bhsk->bhts", Q, K) * D
+        num = S @ V + g[..., None] * jnp.einsum("bhvk,bhtk->bhtv", carry.C, Q)
+        den = jnp.sum(S, axis=-1) + g * jnp.einsum("bhk,bhtk->bht", carry.n, Q)
+        h_tilde = jnp.moveaxis(_mlstm_readout(num, den, m), 2, 0)  # [T, B, heads, d]
+        hs = o * h_tilde.reshape(T, B, H)
+        # The state after ends[b] steps: row e = ends[b] - 1 of the same weights.
+        e = jnp.clip(ends - 1, 0, T - 1)
+        rows = jnp.arange(B)
+        d_e = jnp.swapaxes(D, 1, 2)[rows, e]  # [B, heads, T]
+        g_e, m_e = g[rows, :, e], m[rows, :, e]  # [B, heads]
+        final = MLSTMCarry(
+            g_e[..., None, None] * carry.C + jnp.einsum("bhs,bhsv,bhsk->bhvk", d_e, V, K),
+            g_e[..., None] * carry.n + jnp.einsum("bhs,bhsk->bhk", d_e, K),
+            m_e, hs[e, rows])
+        started = ends > 0  # a sequence of length 0 keeps its initial carry
+        return jax.tree_util.tree_map(
+            lambda new, old: jnp.where(started.reshape(B, *(1,) * (new.ndim - 1)), new, old),
+            final, carry), hs
+
+    return Cell(
+        kind="mlstm",
+        hidden_size=H,
+        num_gates=4,
+        init=init,
+        initial_carry=initial_carry,
+        project=_project,
+        step=step,
+        hidden=lambda carry: carry.h,
+        parallel=parallel,
+    )
+
+
 # The one list of cell kinds a name can mean (the configuration, the command line and
 # the Flax modules read it).
 CELL_FACTORIES: dict[str, Callable[..., Cell]] = {"linear": linear, "elman": elman, "lstm": lstm,
                                                   "gru": gru, "mingru": mingru,
-                                                  "minlstm": minlstm, "rglru": rglru}
+                                                  "minlstm": minlstm, "rglru": rglru,
+                                                  "slstm": slstm, "mlstm": mlstm}
 CELL_KINDS = names.agree("CELL_KINDS", CELL_FACTORIES)
 
 
@@ -742,7 +1055,8 @@ def make_cell(
     chrono: int | None = None,
 ) -> Cell:
     """Build a cell by name: ``"linear"``, ``"elman"``, ``"lstm"``, ``"gru"``, ``"mingru"``,
-    ``"minlstm"`` or ``"rglru"`` (:data:`CELL_KINDS`).
+    ``"minlstm"``, ``"rglru"``, ``"slstm"`` or ``"mlstm"`` (:data:`CELL_KINDS`).  The
+    xLSTM cells get one head here (``jrnn.slstm(H, num_heads=...)`` for more).
 
     Example:
       >>> import jrnn
@@ -761,6 +1075,6 @@ def make_cell(
     if kind == "lstm":
         return lstm(hidden_size, forget_bias=forget_bias, init_scale=init_scale,
                     proj_size=proj_size, chrono=chrono)
-    if kind in ("gru", "mingru", "minlstm", "rglru"):
+    if kind in ("gru", "mingru", "minlstm", "rglru", "slstm", "mlstm"):
         return CELL_FACTORIES[kind](hidden_size, init_scale=init_scale)
     raise ValueError(f"unknown cell kind {kind!r}; expected one of {list(CELL_KINDS)}")

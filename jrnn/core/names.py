@@ -17,7 +17,7 @@ Example:
 __all__ = ["CELL_KINDS", "MODEL_KINDS", "ACTIVATIONS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "agree"]
 
 # Recurrent cells (jrnn.core.cells.CELL_FACTORIES), in the order --help lists them.
-CELL_KINDS = ("linear", "elman", "lstm", "gru", "mingru", "minlstm", "rglru")
+CELL_KINDS = ("linear", "elman", "lstm", "gru", "mingru", "minlstm", "rglru", "slstm", "mlstm")
 # What a language model's `cell` may name: a recurrent cell, or Bengio's fixed-window NNLM.
 MODEL_KINDS = CELL_KINDS + ("nnlm",)
 # The Elman cell's activations (jrnn.core.gates.ACTIVATIONS).

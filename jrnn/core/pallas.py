@@ -63,7 +63,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jrnn.core.backward import _prev
-from jrnn.core.cells import CELL_KINDS, Cell, gate_size
+from jrnn.core.cells import Cell, gate_size
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
 
 Array = jax.Array
@@ -85,6 +85,9 @@ BLOCK_B = 16
 # Warps per program (Triton): 4 x 32 threads share each step's small matmuls.
 NUM_WARPS = 4
 
+# The kinds with a kernel here (jrnn's other cells -- mingru, minlstm, rglru, slstm, mlstm --
+# have none: the scan, or method="associative", runs them).
+_KERNEL_KINDS = ("linear", "elman", "lstm", "gru")
 # The kinds whose kernel applies ``ACTIVATIONS[cell.activation]`` (the others' gates are fixed).
 _ACTIVATED = ("elman", "linear")
 
@@ -140,8 +143,10 @@ def fallback_reason(cell: Cell, *, lengths: bool = False,
       'W_h of 256 x 1024 float32 (padded) is 1024 KiB, over the 96 KiB on-chip budget'
       >>> pallas.fallback_reason(jrnn.elman(64, activation=jnp.sin)).kind
       <Fallback.ACTIVATION: 'activation'>
+      >>> pallas.fallback_reason(jrnn.mingru(8))
+      "no Pallas kernel for 'mingru' cells"
     """
-    if cell.kind not in CELL_KINDS:  # a kernel for each of jrnn's own cell kinds
+    if cell.kind not in _KERNEL_KINDS:
         return FallbackReason(Fallback.CELL_KIND, f"no Pallas kernel for {cell.kind!r} cells")
     if cell.cell_size is not None:
         return FallbackReason(Fallback.PROJECTION,

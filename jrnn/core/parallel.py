@@ -28,6 +28,12 @@ Three kinds of recurrence are covered:
   step, and the scan combines them elementwise (``method="associative"``
   only: ``"doubling"`` needs the same ``A`` at every step).
 
+The mLSTM (:func:`jrnn.mlstm`) is also updated by gates from the input
+alone, but its state is a matrix per head: ``method="associative"`` runs
+its own parallel form instead (``cell.parallel``, the xLSTM paper's
+quadratic form, :func:`has_parallel_form`), with ``lengths`` and ``reverse``
+handled here as for the other cells.
+
 When the dense version stops paying
 -----------------------------------
 A combine of two dense elements multiplies two ``[H, H]`` matrices: ``H^3``
@@ -86,6 +92,7 @@ __all__ = [
     "linear_associative",
     "associative_unroll",
     "is_linear",
+    "has_parallel_form",
     "METHODS",
 ]
 
@@ -110,6 +117,18 @@ def is_linear(cell: Cell) -> bool:
       (True, False, True)
     """
     return _is_dense_linear(cell) or cell.kind == "diagonal" or cell.affine is not None
+
+
+def has_parallel_form(cell: Cell) -> bool:
+    """Whether ``method="associative"`` can run ``cell``: a linear recurrence
+    (:func:`is_linear`) or a cell with its own parallel form (``cell.parallel``: :func:`jrnn.mlstm`).
+
+    Example:
+      >>> import jrnn
+      >>> has_parallel_form(jrnn.mlstm(4)), is_linear(jrnn.mlstm(4)), has_parallel_form(jrnn.slstm(4))
+      (True, False, False)
+    """
+    return is_linear(cell) or cell.parallel is not None
 
 
 # --------------------------------------------------------------------------
@@ -359,7 +378,9 @@ def associative_unroll(
     returns the same ``(final_carry, outputs)``.  ``cell`` must be linear:
     :func:`jrnn.linear` (or ``elman`` with ``"identity"``), :func:`diagonal`,
     or a cell with an ``affine`` form (:func:`jrnn.mingru`,
-    :func:`jrnn.minlstm`, :func:`jrnn.rglru`; ``"associative"`` only).
+    :func:`jrnn.minlstm`, :func:`jrnn.rglru`; ``"associative"`` only); or
+    have its own parallel form (:func:`jrnn.mlstm`; ``"associative"`` only:
+    its quadratic form, not a scan).
 
     ``lengths`` needs no masking inside the scan: padding comes after each
     sequence's valid steps, and a state depends only on earlier inputs, so
@@ -384,18 +405,20 @@ def associative_unroll(
     """
     if not isinstance(cell, Cell):
         raise TypeError("associative_unroll takes a single jrnn Cell (stacks: loop over layers)")
-    if not is_linear(cell):
+    if not has_parallel_form(cell):
         raise ValueError(
             "associative_unroll needs a linear recurrence (jrnn.linear, elman with "
-            "'identity', parallel.diagonal, jrnn.mingru, jrnn.minlstm or jrnn.rglru); "
-            f"got a {cell.kind!r} cell"
+            "'identity', parallel.diagonal, jrnn.mingru, jrnn.minlstm or jrnn.rglru) or "
+            f"jrnn.mlstm's parallel form; got a {cell.kind!r} cell"
             + (f" with activation {cell.activation!r}" if cell.activation else "")
+            + (", whose gates read h_(t-1): run it with method='scan'"
+               if cell.kind == "slstm" else "")
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
-    if method == "doubling" and cell.affine is not None:
+    if method == "doubling" and (cell.affine is not None or not is_linear(cell)):
         raise ValueError(f"method='doubling' needs the same A at every step, but a {cell.kind!r} "
-                         "cell's a_t depends on x_t; use method='associative'")
+                         "cell's gates depend on x_t; use method='associative'")
     xs = check_sequence(xs, params["W"].shape[0], what="the cell's W")
     T, B, _ = xs.shape
     if carry is None:
@@ -406,6 +429,8 @@ def associative_unroll(
         return carry, jnp.zeros((0, B, cell.hidden_size), xs.dtype)
 
     xs_proj = cell.project(params, xs)
+    if not is_linear(cell):
+        return _own_parallel_form(cell, params, xs_proj, carry, lengths, reverse)
     if lengths is None:
         states = _scan_affine(cell, params, xs_proj, carry, reverse, method)
         final = states[0] if reverse else states[-1]
@@ -422,6 +447,25 @@ def associative_unroll(
     hs = jnp.where(valid, cell.hidden(states), 0).astype(xs.dtype)
     if reverse:
         hs = reverse_within_lengths(hs, lengths)
+    return final, hs
+
+
+def _own_parallel_form(cell: Cell, params: dict, xs_proj: Array, carry, lengths, reverse: bool):
+    """``cell.parallel`` (forward in time), with ``lengths`` and ``reverse`` as for the scans.
+
+    The form is causal, so padding after a sequence's valid steps changes none
+    of them: ``cell.parallel`` reads each final carry after ``lengths[b]`` steps,
+    and outputs past it are set to zero here.
+    """
+    T, B = xs_proj.shape[:2]
+    ends = jnp.full((B,), T, jnp.int32) if lengths is None else lengths
+    if reverse:  # each sequence runs forward from its own (reversed) start
+        xs_proj = reverse_within_lengths(xs_proj, ends)
+    final, hs = cell.parallel(params, xs_proj, carry, ends)
+    if lengths is not None:
+        hs = jnp.where(valid_steps(lengths, T)[..., None], hs, 0)
+    if reverse:
+        hs = reverse_within_lengths(hs, ends)
     return final, hs
 
 

@@ -34,7 +34,7 @@ from jrnn.core.cells import Cell, sequence_for
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import dropout as drop
 from jrnn.core.masking import reverse_within_lengths, valid_steps
-from jrnn.core.parallel import associative_unroll, is_linear
+from jrnn.core.parallel import associative_unroll, has_parallel_form, is_linear
 from jrnn.core.select import METHODS, RECURRENCE_PRECISIONS, choose_method
 from jrnn.core.validation import check_lengths, check_rate, check_sequence, positive_int
 
@@ -70,14 +70,19 @@ def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch:
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    choice = choose_method(cell.kind, seq_len=seq_len, batch=batch, hidden_size=cell.hidden_size)
+    choice = None
+    if method == "auto" or scan_unroll is None:  # (only then: the shape may be symbolic, jax.export)
+        choice = choose_method(cell.kind, seq_len=seq_len, batch=batch, hidden_size=cell.hidden_size)
     if method == "auto":
         method = choice.method
-    if method in ("associative", "doubling") and not is_linear(cell):
+    runs = has_parallel_form(cell) if method == "associative" else is_linear(cell)
+    if method in ("associative", "doubling") and not runs:
         raise ValueError(
             f"method={method!r} needs a linear recurrence (jrnn.linear, elman with 'identity', "
-            f"jrnn.parallel.diagonal, jrnn.mingru, jrnn.minlstm, jrnn.rglru); got a "
-            f"{cell.kind!r} cell")
+            f"jrnn.parallel.diagonal, jrnn.mingru, jrnn.minlstm, jrnn.rglru"
+            + ("; 'associative' also runs jrnn.mlstm" if method == "associative" else "")
+            + f"); a {cell.kind!r} cell is not linear in its state (its next state passes "
+            "h_(t-1) through a nonlinearity): run it with method='scan'")
     return method, choice.scan_unroll if scan_unroll is None else scan_unroll
 
 
@@ -130,7 +135,7 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
     if method == "pallas":
         if not custom_vjp:
             return "custom_vjp=False asks for autodiff through the scan"
-        if cell.affine is not None:  # mingru, minlstm, rglru: an elementwise step, no W_h
+        if cell.affine is not None or cell.parallel is not None:  # no W_h to fuse
             return pallas.FallbackReason(
                 pallas.Fallback.CELL_KIND,
                 f"no Pallas kernel for {cell.kind!r} cells (method='associative' runs them "
@@ -193,11 +198,12 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
     def masked_step(c, inputs):
         x, ok = inputs
         new_c, h = cell.step(params, c, x)
-        keep = ok[:, None]
         # Padded steps leave the carry as it was, so the final carry is the one
-        # at each sequence's last valid step, and give zero outputs.
-        new_c = jax.tree_util.tree_map(lambda n, o: jnp.where(keep, n, o), new_c, c)
-        return new_c, jnp.where(keep, h, jnp.zeros_like(h))
+        # at each sequence's last valid step, and give zero outputs.  (A carry's
+        # leaves are [B, ...]: the mLSTM's memory is [B, heads, d, d].)
+        keep = lambda leaf: ok.reshape(ok.shape + (1,) * (leaf.ndim - 1))
+        new_c = jax.tree_util.tree_map(lambda n, o: jnp.where(keep(n), n, o), new_c, c)
+        return new_c, jnp.where(keep(h), h, jnp.zeros_like(h))
 
     carry, hs = jax.lax.scan(masked_step, carry, (xs_proj, valid), unroll=scan_unroll)
     if reverse:
@@ -274,7 +280,8 @@ def unroll(
       method: ``"scan"``, ``"associative"`` or ``"doubling"`` (linear cells
         only: ``jrnn.linear``, ``elman`` with ``"identity"``,
         ``jrnn.parallel.diagonal``; and ``"associative"`` for ``jrnn.mingru``,
-        ``jrnn.minlstm``, ``jrnn.rglru``), ``"pallas"``, ``"cudnn"`` (see the
+        ``jrnn.minlstm``, ``jrnn.rglru``, and for ``jrnn.mlstm`` its quadratic
+        parallel form), ``"pallas"``, ``"cudnn"`` (see the
         module doc), or ``"auto"``: the choice of
         :func:`jrnn.core.select.choose_method` for the cell, shape and backend.
       precision: the recurrence's matmul operands, ``"float32"`` or

@@ -35,9 +35,19 @@ def _rate(name: str, v) -> float:
 
 
 _RNNS = CELL_KINDS
-# The kinds with a recurrent weight W_h (what weight_dropout drops); mingru, minlstm and
-# rglru have none: their gates read only x_t.
+# The kinds with a recurrent weight W_h (what weight_dropout drops); mingru, minlstm,
+# rglru and mlstm have none (their gates read only x_t), and slstm's block-diagonal R is
+# not a W_h.
 _WITH_W_H = ("linear", "elman", "lstm", "gru")
+# Why recurrent_dropout (a mask on h_(t-1)) is refused for a kind.
+_NO_RECURRENT_DROPOUT = {
+    "gru": "the GRU reuses h_(t-1) in its update gate, where a mask would change the state",
+    "mlstm": "the mLSTM's gates and memory never read h_(t-1), so the mask would do nothing",
+    **{kind: (f"the {kind}'s gates never read h_(t-1) and the state enters its update "
+              "linearly, so a mask on h_(t-1) would drop the memory itself")
+       for kind in ("mingru", "minlstm", "rglru")},
+    "nnlm": "the NNLM has no recurrence",
+}
 # (field, the kinds it applies to, its default): set elsewhere, it is refused.
 _APPLIES = (
     ("activation", ("elman",), None),
@@ -70,8 +80,10 @@ def applies(name: str, kind: str) -> bool:
 class ModelConfig:
     """A language model: which recurrence, how large, how regularized, how run.
 
-    ``cell`` is a kind (``"lstm"``, ``"gru"``, ``"elman"``, ``"linear"``, or
-    ``"nnlm"`` for the fixed-window model), one :class:`jrnn.Cell` or a tuple
+    ``cell`` is a kind (``"lstm"``, ``"gru"``, ``"elman"``, ``"linear"``,
+    ``"mingru"``, ``"minlstm"``, ``"rglru"``, ``"slstm"``, ``"mlstm"`` (one
+    head; ``jrnn.mlstm(H, num_heads=...)`` as a cell for more), or ``"nnlm"``
+    for the fixed-window model), one :class:`jrnn.Cell` or a tuple
     of them (one per layer).  With cells given, their sizes are theirs:
     ``hidden_size``, ``activation`` and ``proj_size`` stay ``None``; with a
     kind, ``None`` means ``hidden_size=200`` (and ``activation="tanh"`` for
@@ -180,10 +192,9 @@ class ModelConfig:
         object.__setattr__(self, "num_layers",
                            _int("num_layers", self.num_layers if self.num_layers is not None
                                 else 1 if self.cell == "nnlm" else 2))
-        if self.recurrent_dropout and self.cell in ("gru", "nnlm"):
+        if self.recurrent_dropout and self.cell in _NO_RECURRENT_DROPOUT:
             raise ConfigError(f"recurrent_dropout is for the LSTM, Elman and linear cells, not "
-                              f"{self.cell!r}: the GRU reuses h_(t-1) in its update gate, where a "
-                              "mask would change the state")
+                              f"{self.cell!r}: {_NO_RECURRENT_DROPOUT[self.cell]}")
         if self.proj_size is not None:
             _int("proj_size", self.proj_size)
             if self.cell != "lstm" or self.proj_size >= self.hidden_size:
@@ -218,10 +229,10 @@ class ModelConfig:
             raise ConfigError(f"num_layers is {self.num_layers} but {len(cells)} cells were given")
         layers = len(cells) if len(cells) > 1 else 2 if self.num_layers is None else self.num_layers
         object.__setattr__(self, "num_layers", _int("num_layers", layers))
-        if self.recurrent_dropout and any(c.kind == "gru" for c in cells):
-            raise ConfigError("recurrent_dropout is for the LSTM, Elman and linear cells: the GRU "
-                              "reuses h_(t-1) in its update gate, where a mask would change the "
-                              "state")
+        refused = [c.kind for c in cells if c.kind in _NO_RECURRENT_DROPOUT]
+        if self.recurrent_dropout and refused:
+            raise ConfigError(f"recurrent_dropout is for the LSTM, Elman and linear cells: "
+                              f"{_NO_RECURRENT_DROPOUT[refused[0]]}")
 
     @property
     def cells_given(self) -> bool:

@@ -267,6 +267,8 @@ def rnn_lm(
     """An RNN language model: embed -> stacked cells -> output layer -> logits.
 
     ``cell`` is a cell kind (``"lstm"``, ``"gru"``, ``"elman"``, ``"linear"``,
+    ``"mingru"``, ``"minlstm"``, ``"rglru"``, ``"slstm"`` or ``"mlstm"`` --
+    :data:`jrnn.CELL_KINDS`; the xLSTM cells with one head --
     made ``num_layers`` times (default 2) with ``hidden_size`` (default 200),
     ``activation``, ``forget_bias`` and ``proj_size``), or your own cells: one
     :class:`jrnn.Cell` (repeated ``num_layers`` times) or a sequence of them,
