@@ -142,3 +142,74 @@ def test_a_python_model_is_named_in_the_saved_config(tmp_path):
     fit(jrnn.TrainConfig(epochs=1, batch_size=4, bptt=5), corpus, out, model=model, max_windows=3)
     text = open(os.path.join(out, "config.toml")).read()
     assert "This run's model came from Python" in text and "[model]" not in text
+
+
+def test_readme_settings_block_runs(tmp_path):
+    """The README's "Settings files and metrics" commands, each `jrnn train` shortened to
+    30 windows (the commands are otherwise as written)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    section = text.split("### Settings files and metrics", 1)[1]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    assert block.count("jrnn train") == 3
+    script = block.replace("jrnn train ", "jrnn train --max-windows 30 --quiet ").replace(
+        "jrnn ", f"{sys.executable} -m jrnn ")
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("JRNN_DATA", None)
+    r = subprocess.run(script, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _params(tmp_path / "runs" / "first")[0].tolist() == _params(tmp_path / "runs" / "again")[0].tolist()
+    shapes = lambda run: sorted(x.shape for x in _params(tmp_path / "runs" / run))
+    assert (128, 512) in shapes("wider") and (128, 512) not in shapes("first")
+    valid = json.loads(r.stdout.strip().splitlines()[-2].replace("'", '"'))
+    assert r.stdout.strip().splitlines()[-1] == "wrote curves.png" and os.path.getsize(tmp_path / "curves.png")
+    assert len(valid) == 1 and valid[0] > 1
+
+
+# ---- learning curves ------------------------------------------------------------------------
+
+def test_plot_draws_runs_side_by_side_with_labelled_axes(tmp_path, capsys, monkeypatch):
+    from jrnn.analysis import plots
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["train", *TINY, "--out", a]) == 0
+    assert main(["train", *TINY, "--lr", "0.003", "--out", b]) == 0
+    assert os.path.getsize(os.path.join(a, "learning_curve.png")) > 1000  # written by every run
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, svg: (drawn.append(
+        [(ax.get_xlabel(), ax.get_ylabel(), [t.get_text() for t in ax.get_legend().get_texts()])
+         for ax in fig.axes]), save(fig, path, svg))[1])
+    out = str(tmp_path / "cmp.png")
+    capsys.readouterr()
+    assert main(["plot", a, b, "--out", out, "--svg"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}, {out[:-4]}.svg"
+    assert os.path.getsize(out) > 1000 and os.path.getsize(out[:-4] + ".svg") > 1000
+    (left, right), = drawn
+    assert left[:2] == ("epoch", "perplexity") and right[:2] == ("step (updates)",
+                                                                 "training loss of the window (nats / token)")
+    assert {"a train", "a valid", "b train", "b valid"} <= set(left[2]) and right[2] == ["a", "b"]
+
+
+def test_plot_refusals_and_no_matplotlib_are_one_line(tmp_path, tiny_run, capsys, monkeypatch):
+    from jrnn.analysis import plots
+
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no metrics.jsonl or summary.json here" in capsys.readouterr().err
+    assert main(["plot", tiny_run, "--out", str(tmp_path / "x.gif")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    def no_matplotlib(*a, **k):
+        raise ImportError("plots need matplotlib: pip install 'jrnn[plot]'")
+
+    monkeypatch.setattr(plots, "_subplots", no_matplotlib)
+    assert main(["plot", tiny_run, "--out", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'jrnn[plot]'" in capsys.readouterr().err
+    out = str(tmp_path / "run")
+    loud = [a for a in TINY if a != "--quiet"]
+    assert main(["train", *loud, "--out", out]) == 0  # the run is done; the figure is optional
+    assert "note: no " in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "learning_curve.png"))

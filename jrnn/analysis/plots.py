@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["gradient_flow_figure", "decay_figure", "training_figure", "sweep_figure",
-           "loss_curves_figure", "task_gradients_figure"]
+           "loss_curves_figure", "task_gradients_figure", "learning_curve_figure"]
 
 _COLORS = {"linear": "tab:gray", "tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:red",
            "lstm": "tab:green", "gru": "tab:purple", "lru": "tab:brown"}
@@ -258,5 +258,46 @@ def task_gradients_figure(results: Sequence[object], path: str, *, title: Option
     axes[1].legend(fontsize=8)
     first = next(iter(drawn.values()))
     fig.suptitle(title or f"{first.task}, T = {first.length}: how much gradient reaches each step")
+    fig.tight_layout()
+    return _save(fig, path, svg)
+
+
+def learning_curve_figure(runs: Mapping[str, Sequence[dict]], path: str, *,
+                          title: Optional[str] = None, svg: bool = False) -> list[str]:
+    """Runs side by side: train (solid) and validation (dashed) perplexity per epoch, and the
+    training loss every logged window against the step.
+
+    Args:
+      runs: ``{name: records}``, each a run's ``metrics.jsonl`` records
+        (:func:`jrnn.training.rundir.read_metrics`; a run without the file gives its
+        ``summary.json`` history as ``"epoch"`` records).
+    """
+    fig, (a1, a2) = _subplots(2, figsize=(10, 4.0))
+    for i, (name, records) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        epochs = [r for r in records if r.get("kind") == "epoch"]
+        x = [r["epoch"] for r in epochs]
+        for key, style, what in (("train_ppl", "-", "train"), ("valid_ppl", "--", "valid")):
+            y = _positive([np.nan if r.get(key) is None else r[key] for r in epochs])
+            a1.plot(x, y, style, color=color, marker="o" if len(x) < 30 else None, ms=3,
+                    label=f"{name} {what}")
+        test = [r["test_ppl"] for r in records if r.get("kind") == "test" and r.get("test_ppl") is not None]
+        if test:
+            a1.plot([x[-1] if x else 0], [test[-1]], "*", color=color, ms=9, label=f"{name} test {test[-1]:.1f}")
+        windows = [r for r in records if r.get("kind") == "train"]
+        a2.plot([r["step"] for r in windows], _positive([np.nan if r.get("loss") is None else r["loss"]
+                                                          for r in windows]),
+                color=color, lw=1, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("perplexity")
+    a2.set_xlabel("step (updates)")
+    a2.set_ylabel("training loss of the window (nats / token)")
+    for a in (a1, a2):
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(title or "Learning curves")
     fig.tight_layout()
     return _save(fig, path, svg)

@@ -210,6 +210,22 @@ def _generate_arguments(sub) -> None:
     _checkpoint_argument(g)
 
 
+def _export_arguments(sub) -> None:
+    x = sub.add_parser("export", help="write a run's model as StableHLO that JAX alone loads")
+    x.add_argument("run", nargs="?", default="runs", help=CHECKPOINT_HELP)
+    x.add_argument("--out", required=True, help="a new directory for the exported files")
+    x.add_argument("--platforms", default="cpu,cuda",
+                   help="what the functions are compiled for, comma-separated (default cpu,cuda)")
+
+
+def _plot_arguments(sub) -> None:
+    p = sub.add_parser("plot", help="learning curves of runs, side by side (PNG, and SVG with --svg)")
+    p.add_argument("runs", nargs="+", help="run directories (or their metrics.jsonl)")
+    p.add_argument("--out", default="learning_curves.png", help="the figure (default learning_curves.png)")
+    p.add_argument("--svg", action="store_true", help="an SVG next to the PNG")
+    p.add_argument("--title", default=None)
+
+
 def _tool_entries(sub) -> None:
     # Listed for --help; their own parsers run before this one (see main).
     sub.add_parser("diagnose", help="gradient flow and information decay figures "
@@ -228,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     _score_arguments(sub)
     _next_arguments(sub)
     _generate_arguments(sub)
+    _export_arguments(sub)
+    _plot_arguments(sub)
     _tool_entries(sub)
     return p
 

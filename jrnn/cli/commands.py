@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -16,7 +18,9 @@ import jrnn
 from jrnn import data as D
 from jrnn.core.validation import positive_int
 from jrnn.cli.options import UserError, _fail, flag
+from jrnn.analysis import plots
 from jrnn.data import DataError
+from jrnn.models.export import export_model
 from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed
 from jrnn.training import loop as trainer
@@ -25,7 +29,7 @@ from jrnn.training.inference import load_for_inference
 from jrnn.training import runs
 from jrnn.training.checkpoint import CheckpointError
 from jrnn.training.config import DEFAULT, MAX_SEED, PRESETS, ConfigError, TrainConfig
-from jrnn.training.rundir import RunDirError
+from jrnn.training.rundir import RunDirError, read_metrics
 from jrnn.training.runtime import keep_host_memory
 
 # ---- the training config from the options ---------------------------------------
@@ -229,6 +233,8 @@ def cmd_train(args) -> int:
         return 130
     if result.state is None:  # resumed a finished run: nothing was changed
         return 0
+    if leader:
+        learning_curve(result.run_dir, args.quiet)
     saved = [p for p in (result.best_path, result.last_path) if p and os.path.exists(p)]
     test = f"test ppl {result.test_ppl:.2f}" if result.test_ppl is not None else "test ppl n/a"
     best = f"best valid {result.best_valid_ppl:.2f}" if result.best_valid_ppl is not None else "no finite valid ppl"
@@ -458,10 +464,114 @@ def cmd_generate(args) -> int:
 
 
 # The errors that end a command with one line and exit code 2 (3: a non-finite run).
+def _run_names(paths: Sequence[str]) -> list:
+    """Short names for runs: their folder names, with the parent added where two are alike."""
+    names = [os.path.basename(os.path.normpath(p)) or p for p in paths]
+    return [os.path.join(os.path.basename(os.path.dirname(os.path.normpath(p))), n)
+            if names.count(n) > 1 else n for p, n in zip(paths, names)]
+
+
+def cmd_plot(args) -> int:
+    """``jrnn plot RUN [RUN ...]``: their learning curves in one figure."""
+    runs_records = {}
+    for name, path in zip(_run_names(args.runs), args.runs):
+        runs_records[name] = read_metrics(path)
+    try:
+        written = plots.learning_curve_figure(runs_records, args.out, title=args.title, svg=args.svg)
+    except ImportError as e:
+        _fail(f"{e} (the metrics themselves are in each run's metrics.jsonl)")
+    except (ValueError, OSError) as e:
+        _fail(f"{args.out}: {getattr(e, 'strerror', None) or e}")
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def learning_curve(run_dir: str, quiet: bool) -> None:
+    """``RUN/learning_curve.png`` after ``jrnn train``; without matplotlib, a note (unless quiet)."""
+    try:
+        plots.learning_curve_figure({os.path.basename(os.path.normpath(run_dir)): read_metrics(run_dir)},
+                                    os.path.join(run_dir, "learning_curve.png"))
+    except ImportError:
+        if not quiet:
+            print(f"note: no {os.path.join(run_dir, 'learning_curve.png')}: pip install matplotlib "
+                  f"(or `jrnn plot {run_dir}` later)", file=sys.stderr)
+    except (OSError, ValueError, RunDirError) as e:
+        print(f"note: no learning-curve figure ({e})", file=sys.stderr)
+
+
+EXPORT_README = """\
+A jrnn language model as serialized StableHLO (jax.export): load it with JAX alone.
+
+    import json, jax.numpy as jnp, numpy as np
+    from jax import export
+    info = json.load(open("model.json"))
+    vocab = json.load(open("vocab.json"))            # the words, by id
+    score = export.deserialize(open("token_log_probs.stablehlo", "rb").read())
+    step = export.deserialize(open("next_log_probs.stablehlo", "rb").read())
+    ids = [info["start_id"]] + [vocab.index(w) if w in vocab else info["unk_id"]
+                                for w in "the cat sat on the mat".split()]
+    print(float(score.call(jnp.array([ids], jnp.int32)).sum()))   # log p of the sentence
+    state = tuple(jnp.zeros((1, *s), d) for s, d in zip(info["state_shapes"], info["state_dtypes"]))
+    state, log_p = step.call(state, jnp.array([info["start_id"]], jnp.int32))  # p(first word)
+
+token_log_probs(tokens: int32[b, t]) -> float32[b, t-1]: log p(tokens[:, i+1] | tokens[:, :i+1]),
+  tokens[:, 0] the start symbol; b and t are any sizes (t >= 2).
+next_log_probs(state, token: int32[b]) -> (state, float32[b, V]): one step from `state`.
+(Character-level models: one character per token; see "level" in model.json.)
+"""
+
+
+def cmd_export(args) -> int:
+    """``jrnn export RUN --out DIR``: :func:`jrnn.models.export.export_model` and the
+    vocabulary, written to a new directory (built beside it, then renamed into place)."""
+    model, params, vocab, _ = load_for_use(args.run)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
+    if not platforms or unknown:
+        _fail(f"--platforms takes cpu, cuda, rocm and tpu, comma-separated; got {args.platforms!r}")
+    out = os.path.abspath(args.out)
+    if os.path.lexists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+        _fail(f"{args.out} already exists; jrnn export writes a new directory")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=".jrnn-export-", dir=parent)
+    except OSError as e:
+        _fail(f"{args.out}: cannot create it ({e.strerror or e})")
+    try:
+        try:
+            files = export_model(model, params, platforms=platforms)
+        except ImportError as e:  # jax.export serializes with flatbuffers
+            _fail(f"exporting needs {e.name or 'flatbuffers'}: pip install flatbuffers")
+        except ValueError as e:
+            _fail(str(e))
+        for name in ("token_log_probs", "next_log_probs"):
+            with open(os.path.join(work, f"{name}.stablehlo"), "wb") as f:
+                f.write(files[name])
+        info = {k: files[k] for k in ("format", "vocab_size", "state_shapes", "state_dtypes", "platforms")}
+        info.update(start_id=vocab.eos_id, unk_id=vocab.unk_id, level=vocab.level,
+                    jax=jax.__version__, model=model.config.to_dict())
+        with open(os.path.join(work, "model.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        with open(os.path.join(work, "vocab.json"), "w") as f:
+            json.dump(list(vocab.itos), f)
+        with open(os.path.join(work, "README.txt"), "w") as f:
+            f.write(EXPORT_README)
+        if os.path.isdir(out):
+            os.rmdir(out)  # an empty directory the user made for it
+        os.rename(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(f"exported {args.run} to {args.out}: token_log_probs.stablehlo, next_log_probs.stablehlo "
+          f"({', '.join(platforms)}), model.json, vocab.json, README.txt")
+    return 0
+
+
 USER_ERRORS = (UserError, DataError, CheckpointError, fit_module.FitError, ConfigError, RunDirError)
 NONFINITE = fit_module.NonFiniteError
 # Only caught when several processes train together: a failed collective.
 GROUP_LOST = (jax.errors.JaxRuntimeError, distributed.GroupLostError)
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "next": cmd_next,
-            "generate": cmd_generate}
+            "generate": cmd_generate, "export": cmd_export, "plot": cmd_plot}

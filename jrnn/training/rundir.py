@@ -328,6 +328,39 @@ def _write_text(path: str, text: str) -> None:
         raise
 
 
+def read_metrics(path: str) -> list:
+    """The records of a run's ``metrics.jsonl`` (``path``: the run directory or the file); a
+    run without one (written before 0.4) gives its ``summary.json`` history as ``"epoch"``
+    records and its test perplexity as a ``"test"`` record.  Lines a killed write cut short
+    are skipped.
+
+    Raises:
+      RunDirError: neither file is there, or cannot be read.
+    """
+    run = RunDir(path if os.path.isdir(path) else os.path.dirname(path) or ".")
+    metrics = path if not os.path.isdir(path) else run.metrics
+    try:
+        if os.path.exists(metrics):
+            records = []
+            with open(metrics) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        records.append(record)
+            return records
+        if os.path.exists(run.summary):
+            with open(run.summary) as f:
+                summary = json.load(f)
+            return ([{"kind": "epoch", **r} for r in summary.get("history", [])]
+                    + [{"kind": "test", "test_ppl": summary.get("test_ppl")}])
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise RunDirError(f"{path}: cannot read its metrics ({e})") from None
+    raise RunDirError(f"{path}: no metrics.jsonl or summary.json here; is it a run directory?")
+
+
 class Writer:
     """Writes a run's checkpoints and summary: gathered by every process, written by process 0.
 

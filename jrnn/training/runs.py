@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 # Files whose presence means a directory holds a run.
-RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl")
+RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl",
+             "learning_curve.png", "learning_curve.svg")
 
 
 class RunPointerError(CheckpointError):
