@@ -14,6 +14,10 @@ interleaved (jrnn, torch, jrnn, torch, ...; median of ``--reps``):
 * ``output-layer:bf16`` the same with bfloat16 matmul operands: jrnn's
   ``matmul_dtype="bfloat16"`` (what ``output_precision="auto"`` picks on a
   CPU with AMX) against PyTorch's ``torch.autocast("cpu", torch.bfloat16)``;
+* ``matmul:step`` / ``matmul:step:bf16`` the recurrence's per-step matmul
+  ``h W_h``, ``[20,200] x [200,800]``, with float32 operands and with bfloat16
+  operands accumulating in float32 (``preferred_element_type``), 35 of them in a
+  ``lax.scan`` as in one layer's forward pass (does the recurrence gain from bf16?);
 * ``recurrence`` the two LSTM layers forward and backward over ``[35, 20, 200]``:
   ``jrnn.unroll`` (hand-written backward) against ``nn.LSTM(200, 200, 2)``;
 
@@ -106,6 +110,15 @@ def jax_pieces(rng: np.random.Generator) -> dict:
                                                             scan_unroll=1)[1]),
                            argnums=(0, 1)))
 
+    W_h = jnp.asarray(rng.uniform(-0.1, 0.1, (H, 4 * H)).astype(np.float32))
+    h0 = jnp.asarray(rng.standard_normal((B, H), np.float32))
+
+    def steps(dtype):
+        def body(h, _):
+            z = jax.lax.dot(h.astype(dtype), W_h.astype(dtype), preferred_element_type=jnp.float32)
+            return jnp.tanh(z[:, :H]), None
+        return jax.jit(lambda h: jax.lax.scan(body, h, None, length=T)[0])
+
     def run(f, *a):
         return lambda: jax.block_until_ready(f(*a))
 
@@ -115,6 +128,8 @@ def jax_pieces(rng: np.random.Generator) -> dict:
         "matmul:dh": run(dot_nt, g, W),
         "output-layer": run(out_grad, h, W, b),
         "output-layer:bf16": run(out_grad_bf16, h, W, b),
+        "matmul:step": run(steps(jnp.float32), h0),
+        "matmul:step:bf16": run(steps(jnp.bfloat16), h0),
         "recurrence": run(rec, params, xs),
     }
 
@@ -147,6 +162,19 @@ def torch_pieces(rng: np.random.Generator, threads: int):
         loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum") / B
         loss.backward()
 
+    W_h = torch.tensor(rng.uniform(-0.1, 0.1, (H, 4 * H)).astype(np.float32))
+    h0 = torch.tensor(rng.standard_normal((B, H), np.float32))
+
+    def steps(dtype):
+        w = W_h.to(dtype)
+
+        def go():
+            h = h0
+            for _ in range(T):
+                h = torch.tanh(torch.mm(h.to(dtype), w).float()[:, :H])
+            return h
+        return go
+
     lstm = torch.nn.LSTM(H, H, 2)
     xs = torch.tensor(rng.standard_normal((T, B, H), np.float32), requires_grad=True)
 
@@ -163,12 +191,16 @@ def torch_pieces(rng: np.random.Generator, threads: int):
         }
     pieces["output-layer"] = out_layer
     pieces["output-layer:bf16"] = out_layer_bf16
+    with torch.no_grad():
+        pieces["matmul:step"] = steps(torch.float32)
+        pieces["matmul:step:bf16"] = steps(torch.bfloat16)
     pieces["recurrence"] = rec
     return pieces, torch.__version__
 
 
 FLOPS = {"matmul:logits": 2 * N * H * V, "matmul:dW": 2 * N * H * V, "matmul:dh": 2 * N * H * V,
          "output-layer": 6 * N * H * V, "output-layer:bf16": 6 * N * H * V,
+         "matmul:step": 2 * T * B * H * 4 * H, "matmul:step:bf16": 2 * T * B * H * 4 * H,
          "recurrence": 3 * 2 * T * B * (2 * H) * 4 * H * 2}
 
 

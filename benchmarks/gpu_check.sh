@@ -82,6 +82,8 @@ if [ -n "$SMOKE" ]; then
   MEDIUM_ARGS=(--epochs 1000 --max-windows 5 --bptt 8 --batch-size 4 --hidden-size 16
                --embed-size 16)
   SMALL_LIMIT=90
+  CELL_ARGS=(--smoke)
+  CELL_LIMIT=90
   MEDIUM_MAX=15    # short on purpose: exercises the cut-off path
   DATA=""          # the built-in corpus
   BUDGET=${SMOKE_BUDGET:-600}
@@ -95,6 +97,8 @@ else
   SMALL_ARGS=()
   MEDIUM_ARGS=()
   SMALL_LIMIT=120
+  CELL_ARGS=(--reps 3)
+  CELL_LIMIT=60
   MEDIUM_MAX=$BUDGET
 fi
 # Quick ones first: a part cut off by its limit loses the slowest compiles.
@@ -196,6 +200,10 @@ for spec in $SHAPES; do
   run_part "peers-$shape" "${spec##*:}" "$PY" benchmarks/peers.py --shapes "$shape" \
     --peers "$PEERS" --unroll 8,1 --autodiff "${PEER_TIMING[@]}" --out "$WORK/peers-$shape.json"
 done
+
+# Every cell kind, sequential scan against its parallel form (issue 26's rows).
+run_part cell-speed "$CELL_LIMIT" "$PY" benchmarks/cell_speed.py ${CELL_ARGS[@]+"${CELL_ARGS[@]}"} \
+  --json "$WORK/cell-speed.json"
 
 if [ -z "$SMOKE" ] && { [ -z "$DATA" ] || [ ! -f "$DATA/ptb.train.txt" ]; }; then
   echo "== train parts skipped: no Penn Treebank at DATA=${DATA:-.data/ptb}"
