@@ -62,7 +62,8 @@ def test_auto_picks_bf16_only_on_cpus_that_multiply_it_in_hardware():
     amx = frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"})
     assert select.output_matmul_dtype("cpu", amx).dtype == "bfloat16"
     assert select.output_matmul_dtype("cpu", frozenset({"avx2", "fma"})).dtype == "float32"
-    assert select.output_matmul_dtype("cpu", frozenset({"avx512_bf16", "avx512f"})).dtype == "float32"
+    assert select.output_matmul_dtype("cpu", frozenset({"avx512_bf16", "avx512f"})).dtype == "bfloat16"
+    assert select.output_matmul_dtype("cpu", frozenset({"avx2", "avx512f", "avx512bw"})).dtype == "float32"
     assert select.output_matmul_dtype("gpu", amx).dtype == "float32"
     assert select.output_matmul_dtype("cpu", frozenset()).why  # every choice says why
     small = select.BF16_MIN_OUTPUT_WEIGHTS - 1

@@ -213,3 +213,28 @@ def test_plot_refusals_and_no_matplotlib_are_one_line(tmp_path, tiny_run, capsys
     assert main(["train", *loud, "--out", out]) == 0  # the run is done; the figure is optional
     assert "note: no " in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "learning_curve.png"))
+
+
+# ---- progress ----------------------------------------------------------------------------------
+
+def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_in_a_file(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    loud = [a for a in TINY if a != "--quiet"]
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["train", *loud, "--out", str(tmp_path / "tty")]) == 0
+    drawn = terminal.getvalue()
+    assert "\x1b[" in drawn and "epoch 1/2" in drawn and "tok/s" in drawn  # rich's live display
+    assert "[####" not in drawn  # not the hand-drawn line
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["train", *loud, "--out", str(tmp_path / "file")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    plain = [line for line in lines if line.startswith("epoch 1/2 [")]
+    assert plain and all("\x1b" not in line for line in lines)  # a file gets plain lines

@@ -281,8 +281,9 @@ def test_cells_are_interned_values_made_by_name():
 
 def test_methods_refused_or_fallen_back_cleanly():
     xs = jnp.ones((5, 1, 2))
-    for kind in KINDS:  # auto: the sequential scan
-        assert resolve_method(_cell(kind), "auto", None, seq_len=1024, batch=4)[0] == "scan"
+    # auto: the sLSTM's scan; the mLSTM's parallel form (measured 7-18x faster on a CPU).
+    assert resolve_method(_cell("slstm"), "auto", None, seq_len=1024, batch=4)[0] == "scan"
+    assert resolve_method(_cell("mlstm"), "auto", None, seq_len=35, batch=4)[0] == "associative"
     cell = jrnn.slstm(4)
     params = cell.init(jax.random.PRNGKey(0), 2)
     for method in ("associative", "doubling"):

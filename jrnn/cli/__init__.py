@@ -110,7 +110,8 @@ def _train_optimization_arguments(t: argparse.ArgumentParser) -> None:
                    help="lax.scan unroll factor, or auto (1 on CPU, 8 on GPU; the default)")
     t.add_argument("--output-precision", choices=list(PRECISIONS),
                    help="operands of the output layer's matmuls: auto (the default) picks "
-                        "bfloat16 on CPUs with AMX, float32 elsewhere; evaluation is float32")
+                        "bfloat16 on CPUs with AMX or AVX-512 BF16, float32 elsewhere; evaluation "
+                        "is float32")
     t.add_argument("--remat", action="store_true", default=None,
                    help="recompute each step in the backward pass (less memory, long sequences)")
 

@@ -80,7 +80,9 @@ def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
 
 
 class _Progress:
-    """Progress on stderr: a live line per window, one summary line per epoch on stdout."""
+    """Progress on stderr: on a terminal rich's live bar (or a line redrawn in place without
+    rich), in a file or a pipe a plain line per tenth of an epoch; one summary line per epoch
+    on stdout."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -88,6 +90,8 @@ class _Progress:
         self.last = 0.0
         self.last_decile = -1
         self.epochs = 0
+        self.rich = None  # rich.progress.Progress while an epoch runs on a terminal
+        self.task = None
 
     def start(self, info: dict) -> None:
         c = info["config"]
@@ -114,23 +118,54 @@ class _Progress:
         if not self.tty and decile == self.last_decile:
             return
         self.last, self.last_decile = now, decile
+        ppl = math.exp(min(m["token_nll"], 50)) if math.isfinite(m["token_nll"]) else float("nan")
+        stats = (f"loss {m['token_nll']:.3f} ppl {ppl:8.2f} {tok_s / 1000:6.1f}k tok/s "
+                 f"|g| {m['grad_norm']:.2f}" + ("" if m["finite"] else " NON-FINITE"))
+        bar = self._bar() if self.tty else None
+        if bar is not None:  # a terminal: rich's live progress bar, redrawn in place
+            if self.task is None:
+                self.task = bar.add_task("", total=n, epoch=f"{epoch + 1}/{self.epochs}", stats=stats)
+            bar.update(self.task, completed=i + 1, stats=stats)
+            return
         width = 24
         filled = int(width * (i + 1) / n)
-        ppl = math.exp(min(m["token_nll"], 50)) if math.isfinite(m["token_nll"]) else float("nan")
         line = (f"epoch {epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{i + 1}/{n} loss {m['token_nll']:.3f} ppl {ppl:8.2f} "
-                f"{tok_s / 1000:6.1f}k tok/s |g| {m['grad_norm']:.2f}")
-        if not m["finite"]:
-            line += " NON-FINITE"
+                f"{i + 1}/{n} {stats}")
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if i + 1 >= n else ""))
-        else:
+        else:  # a file or a pipe: plain lines, one per tenth of the epoch
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    def _bar(self):
+        """rich's progress display (rich comes with Flax), or None where it cannot be loaded."""
+        if self.rich is None:
+            try:
+                from rich.console import Console
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeElapsedColumn)
+            except ImportError:
+                self.rich = False
+                return None
+            self.rich = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                 TimeElapsedColumn(), console=Console(file=sys.stderr),
+                                 transient=True)
+            self.rich.start()
+        return self.rich or None
+
+    def close(self) -> None:
+        """End the live display (an epoch's end, an interruption, an error)."""
+        if self.rich:
+            self.rich.stop()
+            self.rich = None
+        self.task = None
+
     def epoch_done(self, r: dict) -> None:
         self.last_decile = -1
-        if self.tty and not self.quiet:
+        if self.rich:
+            self.close()
+        elif self.tty and not self.quiet:
             sys.stderr.write("\n")
         train = f"{r['train_ppl']:9.2f}" if r["train_ppl"] is not None else "      n/a"
         valid = f"{r['valid_ppl']:9.2f}" if r["valid_ppl"] is not None else "      n/a"
@@ -219,13 +254,16 @@ def cmd_train(args) -> int:
     corpus, info = _train_data(args)
     progress = _Progress(args.quiet or not leader)  # one progress display for the group
     message = (lambda text: print(text, file=sys.stderr)) if leader else None
-    result = fit_module.fit(
-        config, corpus, args.out, runs_root=args.runs, data_info=info, resume=args.resume,
-        overrides=_overrides(args), overwrite=args.overwrite, on_nonfinite=args.on_nonfinite,
-        max_windows=args.max_windows, save_every=args.save_every, fused_epoch=args.fused_epoch,
-        data_parallel=args.data_parallel, callbacks=fit_module.Callbacks(
-            on_start=progress.start if leader else None, on_window=progress if leader else None,
-            on_epoch=progress.epoch_done if leader else None, on_message=message))
+    try:
+        result = fit_module.fit(
+            config, corpus, args.out, runs_root=args.runs, data_info=info, resume=args.resume,
+            overrides=_overrides(args), overwrite=args.overwrite, on_nonfinite=args.on_nonfinite,
+            max_windows=args.max_windows, save_every=args.save_every, fused_epoch=args.fused_epoch,
+            data_parallel=args.data_parallel, callbacks=fit_module.Callbacks(
+                on_start=progress.start if leader else None, on_window=progress if leader else None,
+                on_epoch=progress.epoch_done if leader else None, on_message=message))
+    finally:
+        progress.close()  # a live bar never outlives the run (Ctrl-C, an error)
     prefix = f"{who}: " if who else ""
     if not result.complete:
         if leader:

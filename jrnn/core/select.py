@@ -71,6 +71,15 @@ class Rule(NamedTuple):
 
 # The table.  Rows are tried in order; the last row matches everything.
 RULES: tuple[Rule, ...] = (
+    # The mLSTM's recurrent form carries a [heads, d, d] memory per step, which the backward
+    # pass keeps for every step; its quadratic parallel form does not.
+    Rule("*", "mlstm", "*", Choice(
+        "associative", 1,
+        "2-core AMD EPYC Zen 4, one mLSTM layer B16 H256 forward + backward: parallel form "
+        "14.0 ms against 251 ms for the scan at T = 35, 2.02 s against 14.1 s at T = 1024 "
+        "(benchmarks/cell_speed.py, benchmarks/RESULTS.md 2026-12-06); the minGRU, minLSTM and "
+        "RG-LRU's associative scans were within 10 % of their sequential scans there, so they "
+        "keep the scan")),
     Rule("cpu", "*", "*", Choice(
         "scan", 1,
         "2-core CPU, Zaremba-small step: unroll 1/2/4/8 within 7 % of each other with the "
@@ -127,6 +136,8 @@ def choose_method(kind: str, *, seq_len: Optional[int] = None, batch: Optional[i
     Example:
       >>> choose_method("lstm", seq_len=35, batch=20, hidden_size=200, backend="cpu")[:2]
       ('scan', 1)
+      >>> choose_method("mlstm", seq_len=35, batch=20, hidden_size=200, backend="cpu")[:2]
+      ('associative', 1)
     """
     backend = backend or jax.default_backend()
     cls = shape_class(seq_len, batch, hidden_size)
@@ -238,19 +249,23 @@ def output_matmul_dtype(backend: Optional[str] = None, features: Optional[frozen
     """What ``output_precision="auto"`` uses for the output layer's three matmuls.
 
     bfloat16 operands with float32 accumulation where the CPU multiplies
-    bfloat16 matrices in hardware (Intel AMX, flag ``amx_bf16``) and the
-    output layer is large (``output_weights``, its ``H * V``, at least
-    :data:`BF16_MIN_OUTPUT_WEIGHTS`; ``None``: assume large); float32
-    everywhere else, including CPUs whose bfloat16 support is AVX-512 only
-    (not measured here), small output layers and accelerators (not measured
-    here).
+    bfloat16 in hardware -- Intel AMX (flag ``amx_bf16``) or AVX-512 BF16
+    dot products (``avx512_bf16``: AMD Zen 4 and later, Intel Cooper Lake) --
+    and the output layer is large (``output_weights``, its ``H * V``, at
+    least :data:`BF16_MIN_OUTPUT_WEIGHTS`; ``None``: assume large); float32
+    everywhere else: CPUs without either (AVX2, AVX-512 without BF16), small
+    output layers and accelerators (not measured here).  Each rule cites its
+    measurement; PTB perplexity was checked with the bfloat16 output layer on
+    both kinds of CPU (``benchmarks/RESULTS.md``).
 
     Example:
       >>> output_matmul_dtype("cpu", frozenset({"avx2", "amx_bf16"})).dtype
       'bfloat16'
+      >>> output_matmul_dtype("cpu", frozenset({"avx2", "avx512f", "avx512_bf16"})).dtype
+      'bfloat16'
       >>> output_matmul_dtype("cpu", frozenset({"avx2", "amx_bf16"}), output_weights=64 * 500).dtype
       'float32'
-      >>> output_matmul_dtype("cpu", frozenset({"avx2", "fma"})).dtype
+      >>> output_matmul_dtype("cpu", frozenset({"avx2", "avx512f"})).dtype
       'float32'
     """
     backend = backend or jax.default_backend()
@@ -264,8 +279,13 @@ def output_matmul_dtype(backend: Optional[str] = None, features: Optional[frozen
             "CPU with AMX: the output layer's logits matmul (700 x 200 @ 200 x 10k) took 4.40 ms "
             "with bf16 operands against 12.41 ms in float32 on the 2-core Sapphire Rapids VM "
             "(benchmarks/RESULTS.md, 'Where the CPU step goes'); PTB perplexity checked there"))
+    if backend == "cpu" and "avx512_bf16" in features:
+        return PrecisionChoice("bfloat16", (
+            "CPU with AVX-512 BF16 (no AMX): the Zaremba-small output layer, forward and backward, "
+            "took 34.6 ms with bf16 operands against 53.4 ms in float32, and the whole train step "
+            "67.5 against 91.9 ms, on the 2-core AMD EPYC Zen 4 VM (benchmarks/RESULTS.md, "
+            "2026-12-06); PTB perplexity checked there"))
     if backend == "cpu":
         return PrecisionChoice("float32", (
-            "CPU without AMX: bfloat16 matmuls would run through conversions (AVX2) or AVX-512 "
-            "BF16 dot products, not measured here"))
+            "CPU without AMX or AVX-512 BF16: bfloat16 matmuls would run through conversions"))
     return PrecisionChoice("float32", f"{backend}: bfloat16 output layer not measured here")
