@@ -108,11 +108,12 @@ def test_jacobian_norms_exact_match_direct_jacobians(kind):
         start = T - k
         carry0 = cell.initial_carry((B,), jnp.float64)
         c_start = jrnn.unroll(cell, params, xs[:start], carry0)[0] if start else carry0
-        flat, unflat = dg._flat(c_start)
+        shapes = [x.shape[1:] for x in jax.tree_util.tree_leaves(c_start)]
+        flat, unflat = dg._flat(c_start, shapes)
 
         def tail(s):
             final, _ = jrnn.unroll(cell, params, xs[start:], unflat(s))
-            return dg._flat(final)[0]
+            return dg._flat(final, shapes)[0]
 
         J = jax.jacobian(tail)(flat)  # [B, S, B, S]; sequences do not interact
         per_seq = [np.linalg.norm(J[b, :, b, :], 2) for b in range(B)]

@@ -99,14 +99,14 @@ def test_readme_export_block_runs(tmp_path):
     """The README's export commands as written (flatbuffers is already installed here)."""
     import re
 
-    from tests.helpers import TINY_TRAIN
+    from tests.helpers import TINY_TRAIN, subprocess_env
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     text = open(os.path.join(root, "README.md"), encoding="utf-8").read()
     block = re.findall(r"```bash\n(.*?)```", text.split("### A model for programs without jrnn", 1)[1], re.S)[0]
     lines = [line for line in block.splitlines() if not line.startswith("pip install")]
     assert lines[0].startswith("jrnn export --out exported")
-    env = {**os.environ, "PYTHONPATH": root}
+    env = subprocess_env()
     jrnn_cmd = f"{sys.executable} -m jrnn "
     assert subprocess.run([sys.executable, "-m", "jrnn", "train", *TINY_TRAIN], cwd=tmp_path, env=env,
                           capture_output=True, timeout=300).returncode == 0

@@ -24,6 +24,8 @@ from jrnn.training import checkpoint as ckpt
 from jrnn.training import distributed
 from jrnn.training.fit import load_for_inference
 
+from tests.helpers import subprocess_env
+
 TINY = ["--hidden-size", "16", "--embed-size", "16", "--batch-size", "8", "--bptt", "10",
         "--quiet"]
 # For the runs compared with one process: a batch of 20 (divides over 2 and 4 processes;
@@ -35,18 +37,8 @@ TINY_EQ = ["--hidden-size", "16", "--embed-size", "16", "--batch-size", "20", "-
 
 
 def _env(quick_compile=True):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
-    if not quick_compile:  # (a full epoch of the default model: running, not compiling)
-        return env
-    # XLA's backend optimizations off: compiling is most of these tiny runs' time, and
-    # the group and the one-process run it is compared with compile alike.  And every
-    # program goes to the session's persistent cache (the conftest's directory), not only
-    # the slow ones: a test's runs compile the same model init, data staging and
-    # evaluation programs, so a run after another (the resumed group) loads them.
-    env.update(XLA_FLAGS="--xla_backend_optimization_level=0",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return env
+    # (quick_compile=False: a full epoch of the default model, running rather than compiling)
+    return subprocess_env(quick_compile)
 
 
 def _free_port() -> int:
@@ -191,11 +183,11 @@ def test_unreachable_coordinator_fails_in_one_line():
     port = _free_port()  # nobody listens there
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "jrnn", "train", "--coordinator", f"127.0.0.1:{port}",
-                        "--num-processes", "2", "--process-id", "1", "--join-timeout", "5", *TINY],
+                        "--num-processes", "2", "--process-id", "1", "--join-timeout", "2", *TINY],
                        env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"jrnn: error: could not join the process group at 127.0.0.1:{port} within 5s")
+    assert last.startswith(f"jrnn: error: could not join the process group at 127.0.0.1:{port} within 2s")
     assert time.time() - t0 < 60
 
 

@@ -18,6 +18,8 @@ from jrnn.training import checkpoint as ckpt
 from jrnn.training.config import DEFAULT
 from jrnn.training.fit import Callbacks, fit
 
+from tests.helpers import subprocess_env
+
 TINY = ["--hidden-size", "8", "--embed-size", "8", "--batch-size", "4", "--bptt", "5",
         "--epochs", "2", "--max-windows", "30", "--quiet"]
 TIMING = ("wall_s", "tokens_per_s", "seconds")
@@ -157,9 +159,8 @@ def test_readme_settings_block_runs(tmp_path):
     assert block.count("jrnn train") == 3
     script = block.replace("jrnn train ", "jrnn train --max-windows 30 --quiet ").replace(
         "jrnn ", f"{sys.executable} -m jrnn ")
-    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
-    env.pop("JRNN_DATA", None)
-    r = subprocess.run(script, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(script, shell=True, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _params(tmp_path / "runs" / "first")[0].tolist() == _params(tmp_path / "runs" / "again")[0].tolist()
     shapes = lambda run: sorted(x.shape for x in _params(tmp_path / "runs" / run))

@@ -50,6 +50,7 @@ Array = jax.Array
 
 __all__ = [
     "CELL_NAMES",
+    "MORE_CELL_NAMES",
     "MAX_DERIVATIVE",
     "GradFlow",
     "JacobianNorms",
@@ -76,13 +77,16 @@ _ELMAN_NAMES = tuple(name for name in ACTIVATIONS if name != "identity")
 
 # The six recurrences the figures compare, by short name.
 CELL_NAMES = ("linear",) + _ELMAN_NAMES + ("lstm", "gru")
+# Cells diagnosed when named (not by default: the lecture's cells are the default set).
+MORE_CELL_NAMES = ("mingru", "minlstm", "rglru", "slstm", "mlstm")
 
 # The largest value of each activation's derivative: the per-step factor of the bound.
 MAX_DERIVATIVE = {name: a.max_derivative for name, a in ACTIVATIONS.items()}
 
 
 def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
-    """One of :data:`CELL_NAMES` (``"tanh"`` is the tanh Elman cell, and so on).
+    """One of :data:`CELL_NAMES` or :data:`MORE_CELL_NAMES` (``"tanh"`` is the tanh Elman cell,
+    and so on).
 
     Example:
       >>> from jrnn import diagnostics
@@ -91,9 +95,9 @@ def cell_by_name(name: str, hidden_size: int, **kwargs) -> Cell:
     """
     if name in _ELMAN_NAMES:
         return make_cell("elman", hidden_size, activation=name, **kwargs)
-    if name in ("linear", "lstm", "gru"):
+    if name in ("linear", "lstm", "gru") + MORE_CELL_NAMES:
         return make_cell(name, hidden_size, **kwargs)
-    raise ValueError(f"unknown cell name {name!r}; expected one of {list(CELL_NAMES)}")
+    raise ValueError(f"unknown cell name {name!r}; expected one of {list(CELL_NAMES + MORE_CELL_NAMES)}")
 
 
 # ---- input checks ------------------------------------------------------------
@@ -283,16 +287,20 @@ class JacobianNorms(NamedTuple):
     rate: Array  # float[]
 
 
-def _flat(carry) -> tuple[Array, Callable]:
-    """Concatenate a carry's leaves ``[..., H_i]`` along the last axis, and the inverse."""
+def _flat(carry, shapes: list) -> tuple[Array, Callable]:
+    """Concatenate a carry's leaves ``[..., *shape_i]`` (``shapes``: each leaf's shape for one
+    sequence) into ``[..., S]``, and the inverse."""
     leaves, treedef = jax.tree_util.tree_flatten(carry)
-    sizes = [x.shape[-1] for x in leaves]
+    lead = leaves[0].shape[:leaves[0].ndim - len(shapes[0])]
+    sizes = [int(np.prod(shape)) for shape in shapes]
     splits = list(np.cumsum(sizes)[:-1])
 
     def unflat(s):
-        return jax.tree_util.tree_unflatten(treedef, jnp.split(s, splits, axis=-1))
+        parts = jnp.split(s, splits, axis=-1)
+        return jax.tree_util.tree_unflatten(
+            treedef, [p.reshape(s.shape[:-1] + tuple(shape)) for p, shape in zip(parts, shapes)])
 
-    return jnp.concatenate(leaves, axis=-1), unflat
+    return jnp.concatenate([x.reshape(lead + (-1,)) for x in leaves], axis=-1), unflat
 
 
 def jacobian_norms(
@@ -356,11 +364,13 @@ def jacobian_norms(
             return new, c
 
         _, before = jax.lax.scan(forward, carry, xs_proj)  # s_0 .. s_{T-1}, leaves [T, B, ...]
-        s_before, unflat = _flat(before)  # [T, B, S]
+        # Each leaf's shape for one sequence: [H] for most cells, [heads, d, d] for the mLSTM's C.
+        shapes = [x.shape[2:] for x in jax.tree_util.tree_leaves(before)]
+        s_before, unflat = _flat(before, shapes)  # [T, B, S]
         S = s_before.shape[-1]
 
         def flat_step(s, x_proj):  # s: [..., S] -> [..., S]
-            return _flat(cell.step(params, unflat(s), x_proj)[0])[0]
+            return _flat(cell.step(params, unflat(s), x_proj)[0], shapes)[0]
 
         if method == "exact":
             jac = jax.vmap(jax.vmap(jax.jacfwd(flat_step)))(s_before, xs_proj)  # [T, B, S, S]

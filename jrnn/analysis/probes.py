@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.core.cells import Cell, gate_size
-from jrnn.core.gates import LSTMCarry
+from jrnn.core.cells import Cell
 
 __all__ = ["PROBE_KEY", "probed"]
 
@@ -37,7 +36,7 @@ PROBE_KEY = "__jrnn_probe_eps__"
 
 
 def _add_to_hidden(carry, eps: Array):
-    if isinstance(carry, LSTMCarry):
+    if "h" in getattr(carry, "_fields", ()):  # LSTMCarry, and the xLSTM cells' carries
         return carry._replace(h=carry.h + eps)
     if isinstance(carry, (jax.Array, np.ndarray)) or hasattr(carry, "shape"):
         extra = carry.shape[-1] - eps.shape[-1]
@@ -46,7 +45,7 @@ def _add_to_hidden(carry, eps: Array):
         return carry + eps
     raise TypeError(
         f"cannot find the hidden state in a carry of type {type(carry).__name__}; "
-        "grad_flow supports array carries and LSTMCarry"
+        "grad_flow supports array carries and NamedTuple carries with an h field"
     )
 
 
@@ -55,20 +54,21 @@ def probed(cell: Cell) -> Cell:
 
     The perturbations ``eps: float[T, B, H]`` ride in the params dict (under
     :data:`PROBE_KEY`) and into the scan appended to the projected inputs
-    (``[..., G*H + H]``), so the probed cell runs through
+    (the last ``H`` features), so the probed cell runs through
     :func:`jrnn.unroll`'s own scan.  With ``eps = 0`` the outputs are the
     cell's own, and ``d loss / d eps_t`` is ``d loss / d h_t``.
     """
-    split = cell.num_gates * gate_size(cell)
+    H = cell.hidden_size
 
     def project(params, xs):
         return jnp.concatenate([cell.project(params, xs), params[PROBE_KEY]], axis=-1)
 
     def step(params, carry, x):
-        carry, _ = cell.step(params, carry, x[..., :split])
-        carry = _add_to_hidden(carry, x[..., split:])
+        carry, _ = cell.step(params, carry, x[..., :-H])
+        carry = _add_to_hidden(carry, x[..., -H:])
         return carry, cell.hidden(carry)
 
     # A new step: the cell's hand-written backward pass (tied to its own step)
-    # no longer applies, and unroll differentiates this step with autodiff.
-    return cell._replace(project=project, step=step)
+    # no longer applies, and unroll differentiates this step with autodiff; the
+    # parallel forms (which never call the step) are dropped for the same reason.
+    return cell._replace(project=project, step=step, affine=None, parallel=None)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jrnn.analysis.diagnostics import CELL_NAMES, cell_by_name
+from jrnn.analysis.diagnostics import CELL_NAMES, MORE_CELL_NAMES, cell_by_name
 from jrnn.analysis.probes import PROBE_KEY, probed
 from jrnn.core.cells import Cell
 from jrnn.core.parallel import associative_unroll, diagonal
@@ -401,8 +401,8 @@ def task_cell(name: str, hidden_size: int, *, lstm_init: str = "chrono", longest
     if name == "lstm":
         kwargs = {"chrono": max(int(longest), 3)} if lstm_init == "chrono" else {"forget_bias": 1.0}
         return cell_by_name(name, hidden_size, **kwargs)
-    if name not in TASK_CELLS:
-        raise ValueError(f"unknown cell name {name!r}; expected one of {list(TASK_CELLS)}")
+    if name not in TASK_CELLS + MORE_CELL_NAMES:
+        raise ValueError(f"unknown cell name {name!r}; expected one of {list(TASK_CELLS + MORE_CELL_NAMES)}")
     return cell_by_name(name, hidden_size)
 
 

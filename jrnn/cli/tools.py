@@ -33,6 +33,7 @@ from jrnn.training.checkpoint import CheckpointError
 __all__ = ["diagnose_main", "tasks_main", "format_sweep_table", "DEFAULT_LENGTHS"]
 
 CELLS = dg.CELL_NAMES
+ALL_CELLS = dg.CELL_NAMES + dg.MORE_CELL_NAMES  # what --cells accepts
 
 # Lengths T (copy: blank steps T; agreement: distance k) each task is swept over by default.
 DEFAULT_LENGTHS = {
@@ -83,7 +84,7 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _cells(text: str, allowed: Sequence[str] = CELLS) -> list[str]:
+def _cells(text: str, allowed: Sequence[str] = ALL_CELLS) -> list[str]:
     names = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in names if c not in allowed]
     if bad or not names:
@@ -173,7 +174,7 @@ def _diagnose_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jrnn diagnose",
                 description="Gradient flow, Jacobian decay, information decay and exploding "
                             "gradients, as tables and PNG plots.")
-    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {','.join(CELLS)}")
+    p.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {','.join(ALL_CELLS)}")
     p.add_argument("--checkpoint", help="diagnose a trained LM (`jrnn train` output) instead of fresh cells")
     p.add_argument("--hidden-size", type=int, default=32)
     p.add_argument("--input-size", type=int, default=8)
@@ -407,7 +408,7 @@ def _tasks_parser() -> argparse.ArgumentParser:
                             "where it stops learning.")
     p.add_argument("--task", default="adding", choices=["adding", "adding-sum", "copy", "agreement", "all"])
     p.add_argument("--cells", default="tanh,lstm,gru",
-                   help=f"comma-separated, from {','.join(tasks.TASK_CELLS)}")
+                   help=f"comma-separated, from {','.join(tasks.TASK_CELLS + dg.MORE_CELL_NAMES)}")
     p.add_argument("--lengths", help="comma-separated lengths (default depends on the task)")
     p.add_argument("--steps", type=int, default=1500, help="budget of Adam steps per run")
     p.add_argument("--batch-size", type=int, default=64)
@@ -439,7 +440,7 @@ def _tasks(argv) -> int:
     args = _tasks_parser().parse_args(argv)
     for name in ("steps", "batch-size", "hidden-size", "lr", "clip", "eval-every", "eval-size"):
         _positive(name, getattr(args, name.replace("-", "_")))
-    cells = _cells(args.cells, tasks.TASK_CELLS)
+    cells = _cells(args.cells, tasks.TASK_CELLS + dg.MORE_CELL_NAMES)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

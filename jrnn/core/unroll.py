@@ -73,9 +73,12 @@ def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch:
     choice = None
     if method == "auto" or scan_unroll is None:  # (only then: the shape may be symbolic, jax.export)
         choice = choose_method(cell.kind, seq_len=seq_len, batch=batch, hidden_size=cell.hidden_size)
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         method = choice.method
     runs = has_parallel_form(cell) if method == "associative" else is_linear(cell)
+    if auto and method in ("associative", "doubling") and not runs:
+        method = "scan"  # e.g. a probed or remat'ed mLSTM: its step was replaced, its parallel form dropped
     if method in ("associative", "doubling") and not runs:
         raise ValueError(
             f"method={method!r} needs a linear recurrence (jrnn.linear, elman with 'identity', "
