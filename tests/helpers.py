@@ -44,3 +44,19 @@ def subprocess_env(quick_compile: bool = True, **extra) -> dict:
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.update(extra)
     return env
+
+
+def assert_grad_matches_finite_differences(loss, loss_ref, args, *, directions: int = 3,
+                                           eps: float = 1e-6) -> None:
+    """``jax.grad(loss)`` at ``args`` (a pytree of float64 NumPy arrays) against central
+    differences of the NumPy ``loss_ref`` along random directions through every leaf at once."""
+    grad = to_np(jax.jit(jax.grad(loss))(jax.tree_util.tree_map(jnp.asarray, args)))
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    rng = np.random.default_rng(0)
+    for _ in range(directions):
+        v = [rng.standard_normal(np.shape(x)) for x in leaves]
+        plus = tree.unflatten([x + eps * d for x, d in zip(leaves, v)])
+        minus = tree.unflatten([x - eps * d for x, d in zip(leaves, v)])
+        numeric = (loss_ref(plus) - loss_ref(minus)) / (2 * eps)
+        analytic = sum(np.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(grad), v))
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)

@@ -25,7 +25,7 @@ from jrnn.core import parallel
 from jrnn.core.unroll import resolve_method
 from jrnn.models.config import ConfigError, ModelConfig
 from jrnn.training import checkpoint as ckpt
-from tests.helpers import TINY_TRAIN, random_inputs, to_np
+from tests.helpers import assert_grad_matches_finite_differences, TINY_TRAIN, random_inputs, to_np
 
 KINDS = ["mingru", "minlstm", "rglru"]
 METHODS = ["scan", "associative"]
@@ -127,18 +127,7 @@ def test_gradients_equal_finite_differences_of_the_loop(kind):
         hs, h, _ = ref.cell_forward(kind, p, x, c, lengths=lengths)
         return np.sum(hs * w_hs) + np.sum(h * w_h)
 
-    args = to_np((params, xs, h0))
-    grad = to_np(jax.jit(jax.grad(loss))(jax.tree_util.tree_map(jnp.asarray, args)))
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    rng = np.random.default_rng(0)
-    eps = 1e-6
-    for _ in range(3):
-        v = [rng.standard_normal(np.shape(x)) for x in leaves]
-        plus = tree.unflatten([x + eps * d for x, d in zip(leaves, v)])
-        minus = tree.unflatten([x - eps * d for x, d in zip(leaves, v)])
-        numeric = (loss_ref(plus) - loss_ref(minus)) / (2 * eps)
-        analytic = sum(np.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(grad), v))
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    assert_grad_matches_finite_differences(loss, loss_ref, to_np((params, xs, h0)))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
