@@ -115,3 +115,13 @@ def test_readme_export_block_runs(tmp_path):
     r = subprocess.run(script, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.strip().splitlines()[-1]) < 0
+
+
+def test_a_model_of_the_users_own_cell_exports():
+    cell = jrnn.elman(6, activation=lambda z: jnp.tanh(z) * 0.9)  # a Python callable
+    model = jrnn.rnn_lm(20, cell=cell, embed_size=8, num_layers=1)
+    params = model.init(jax.random.PRNGKey(4))
+    files = export_model(model, params, platforms=("cpu",))
+    tokens = jnp.array([row[:5] for row in TOKENS], jnp.int32)
+    got = export.deserialize(files["token_log_probs"]).call(tokens)
+    np.testing.assert_allclose(got, jrnn.token_log_probs(model, params, tokens), rtol=1e-5, atol=1e-5)

@@ -21,7 +21,7 @@ from importlib import metadata
 from typing import Optional, Sequence
 
 from jrnn.cli.options import UserError
-from jrnn.core.names import ACTIVATIONS, MODEL_KINDS, OPTIMIZERS, PRECISIONS, PRESETS
+from jrnn.core.names import ACTIVATIONS, MODEL_KINDS, OPTIMIZERS, OPTION_ALIASES, PRECISIONS, PRESETS
 
 __all__ = ["main", "UserError"]
 
@@ -317,7 +317,7 @@ def _settings_options(path: str, train: argparse.ArgumentParser) -> list:
     out = []
     for name, value in settings.items():
         dest = name.replace("-", "_")
-        dest = {"layers": "num_layers", "tie": "tie_embeddings"}.get(dest, dest)
+        dest = OPTION_ALIASES.get(dest, dest)
         if dest in _NOT_OPTIONS:
             if value != _NOT_OPTIONS[dest]:
                 raise UserError(f"{path}: {name} = {value!r} has no command-line option; "

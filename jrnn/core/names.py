@@ -14,7 +14,8 @@ Example:
   ('identity', 'tanh', 'sigmoid', 'relu')
 """
 
-__all__ = ["CELL_KINDS", "MODEL_KINDS", "ACTIVATIONS", "OPTIMIZERS", "PRECISIONS", "PRESETS", "agree"]
+__all__ = ["CELL_KINDS", "MODEL_KINDS", "ACTIVATIONS", "OPTIMIZERS", "PRECISIONS", "PRESETS",
+           "OPTION_ALIASES", "agree"]
 
 # Recurrent cells (jrnn.core.cells.CELL_FACTORIES), in the order --help lists them.
 CELL_KINDS = ("linear", "elman", "lstm", "gru", "mingru", "minlstm", "rglru", "slstm", "mlstm")
@@ -29,6 +30,10 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 # The named runs (jrnn.training.config.PRESETS).
 PRESETS = ("zaremba-small", "zaremba-medium", "zaremba-large", "small-variational", "elman-ptb",
            "nnlm-ptb")
+
+
+# Older or shorter names of options: ``--layers`` is ``num_layers``, ``--tie`` is ``tie_embeddings``.
+OPTION_ALIASES = {"layers": "num_layers", "tie": "tie_embeddings"}
 
 
 def agree(what: str, table) -> tuple:

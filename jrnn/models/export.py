@@ -45,10 +45,11 @@ EXPORT_FORMAT = "jrnn-export-1"
 
 
 def _for_export(model: LanguageModel) -> LanguageModel:
+    """The model rebuilt with the forms whose program does not depend on the shapes; a
+    model of the user's own (no :class:`jrnn.ModelConfig`) is exported as it is."""
     config = model.config
-    if not hasattr(config, "replace") or getattr(config, "from_python", False):
-        raise ValueError("only a model jrnn.rnn_lm / jrnn.nnlm built from names can be exported "
-                         "(cells made in Python have no file form)")
+    if not hasattr(config, "replace"):
+        return model
     changes = {"output_precision": "float32"}
     if config.cell != "nnlm":
         changes.update(method="scan", scan_unroll=1)
@@ -62,8 +63,8 @@ def export_model(model: LanguageModel, params: Any, *,
     and ``state_dtypes`` (the recurrent state's arrays, without the batch axis: their
     zeros start a sequence), ``vocab_size``, ``format`` and ``platforms``.
 
-    Raises:
-      ValueError: a model built from cells made in Python.
+    A model made from the user's own cells (``jrnn.rnn_lm(V, cell=my_cell)``) is
+    traced into the same files: the exported program needs no Python.
     """
     exported_model = _for_export(model)
     V = exported_model.config.vocab_size

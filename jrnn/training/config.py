@@ -36,7 +36,7 @@ MAX_SEED = 2**32 - 1
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 
 # The first release's and 0.2's flat names of model fields, read from old checkpoints only.
-_OLD_NAMES = {"layers": "num_layers", "tie": "tie_embeddings"}
+_OLD_NAMES = names.OPTION_ALIASES
 
 
 @dataclasses.dataclass(frozen=True)
