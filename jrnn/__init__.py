@@ -53,6 +53,7 @@ _NAMES = {
                            "make_train_epoch", "make_train_step"),
     "jrnn.training.fit": ("fit", "Callbacks", "FitResult", "FitError", "NonFiniteError"),
     "jrnn.training.config": ("TrainConfig", "PRESETS"),
+    "jrnn.training.tensorboard": ("TensorBoardWriter",),
 }
 _WHERE = {name: module for module, names in _NAMES.items() for name in names}
 
@@ -98,6 +99,7 @@ __all__ = [
     "NonFiniteError",
     "PRESETS",
     "SLSTMCarry",
+    "TensorBoardWriter",
     "TrainConfig",
     "fit",
     "LSTMCarry",

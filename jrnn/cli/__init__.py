@@ -46,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-CHECKPOINT_HELP = ("a checkpoint file, a run directory, or a folder with a `latest` pointer "
+CHECKPOINT_HELP = ("a checkpoint file, a run directory, a snapshot folder "
+                   "(RUN/snapshots/best/<step>), or a folder with a `latest` pointer "
                    "(default runs: the latest run)")
 
 
@@ -147,6 +148,15 @@ def _train_run_arguments(t: argparse.ArgumentParser) -> None:
                    help="stop each epoch after this many windows (quick trials)")
     t.add_argument("--save-every", type=float, default=300.0,
                    help="seconds between mid-epoch checkpoints (for --resume)")
+    t.add_argument("--keep", type=int, default=None, metavar="N",
+                   help="also keep Orbax snapshots of the newest N epoch ends in "
+                        "RUN/snapshots/last/<step>, written while training goes on (0: none)")
+    t.add_argument("--keep-best", type=int, default=None, metavar="M",
+                   help="also keep snapshots of the M epoch ends of lowest validation perplexity "
+                        "in RUN/snapshots/best/<step> (0: none)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics as TensorBoard event files in RUN/tensorboard "
+                        "(needs tensorboardX: pip install \"jrnn[tensorboard]\")")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--release-host-memory", action="store_true",
                    help="on a CPU, let the C allocator return freed memory to the OS "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from jrnn.training.checkpoint import CheckpointError
 from jrnn.training.config import DEFAULT, MAX_SEED, PRESETS, ConfigError, TrainConfig
 from jrnn.training.rundir import RunDirError, read_metrics
 from jrnn.training.runtime import keep_host_memory
+from jrnn.training.tensorboard import TensorBoardWriter, run_logdir
 
 # ---- the training config from the options ---------------------------------------
 
@@ -77,6 +79,30 @@ def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
     return D.open_corpus(data, level, max_vocab, min_freq,
                          on_download=lambda text: print(text, file=sys.stderr),
                          on_note=lambda text: print(f"note: {text}", file=sys.stderr))
+
+
+class _Events:
+    """``jrnn train --tensorboard``: the run's metric records as TensorBoard event files in
+    ``RUN/tensorboard`` (:mod:`jrnn.training.tensorboard`), written by the leader.  A resume
+    purges the steps after its checkpoint, which it logs again."""
+
+    def __init__(self, on: bool):
+        if on and importlib.util.find_spec("tensorboardX") is None:
+            _fail('--tensorboard needs tensorboardX: pip install "jrnn[tensorboard]" '
+                  "(or pip install tensorboardX)")
+        self.on, self.writer = on, None
+
+    def start(self, info: dict) -> None:
+        if self.on:
+            self.writer = TensorBoardWriter(run_logdir(info["run_dir"]), purge_step=info["step"] + 1)
+
+    def __call__(self, record: dict) -> None:
+        if self.writer is not None:
+            self.writer(record)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _Progress:
@@ -203,7 +229,7 @@ _GROUP = {"joined": False}
 
 
 # Options each process has its own value of; every other option must be the same in the group.
-_PER_PROCESS = {"command", "func", "process_id", "local_device_ids", "quiet", "release_host_memory",
+_PER_PROCESS = {"command", "func", "process_id", "local_device_ids", "quiet", "release_host_memory", "tensorboard",
                 "coordinator", "join_timeout", "out", "runs"}
 
 
@@ -253,17 +279,26 @@ def cmd_train(args) -> int:
     leader = jax.process_index() == 0
     corpus, info = _train_data(args)
     progress = _Progress(args.quiet or not leader)  # one progress display for the group
+    events = _Events(args.tensorboard and leader)
     message = (lambda text: print(text, file=sys.stderr)) if leader else None
+
+    def start(info: dict) -> None:
+        progress.start(info)
+        events.start(info)
+
     try:
         result = fit_module.fit(
             config, corpus, args.out, runs_root=args.runs, data_info=info, resume=args.resume,
             overrides=_overrides(args), overwrite=args.overwrite, on_nonfinite=args.on_nonfinite,
             max_windows=args.max_windows, save_every=args.save_every, fused_epoch=args.fused_epoch,
-            data_parallel=args.data_parallel, callbacks=fit_module.Callbacks(
-                on_start=progress.start if leader else None, on_window=progress if leader else None,
-                on_epoch=progress.epoch_done if leader else None, on_message=message))
+            data_parallel=args.data_parallel, keep=args.keep, keep_best=args.keep_best,
+            callbacks=fit_module.Callbacks(
+                on_start=start if leader else None, on_window=progress if leader else None,
+                on_epoch=progress.epoch_done if leader else None, on_message=message,
+                on_metrics=events if events.on else None))
     finally:
         progress.close()  # a live bar never outlives the run (Ctrl-C, an error)
+        events.close()
     prefix = f"{who}: " if who else ""
     if not result.complete:
         if leader:
@@ -274,6 +309,9 @@ def cmd_train(args) -> int:
     if leader:
         learning_curve(result.run_dir, args.quiet)
     saved = [p for p in (result.best_path, result.last_path) if p and os.path.exists(p)]
+    for folder in (runs.SNAPSHOTS, "tensorboard"):
+        if os.path.isdir(os.path.join(result.run_dir, folder)):
+            saved.append(os.path.join(result.run_dir, folder))
     test = f"test ppl {result.test_ppl:.2f}" if result.test_ppl is not None else "test ppl n/a"
     best = f"best valid {result.best_valid_ppl:.2f}" if result.best_valid_ppl is not None else "no finite valid ppl"
     skipped = f" | {result.skipped_windows} non-finite windows skipped" if result.skipped_windows else ""

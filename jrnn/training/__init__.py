@@ -1,4 +1,5 @@
-"""The training layer: jitted train/eval steps, epoch loops, checkpoints, several devices.
+"""The training layer: jitted train/eval steps, epoch loops, checkpoints, several devices,
+TensorBoard event files.
 
 Imports the models and core layers (and :mod:`jrnn.data`), nothing above.
 """

@@ -42,7 +42,8 @@ What it guarantees, for either way in:
   is refused with the size it needs.
 
 The parts, each small enough to read on its own: :mod:`jrnn.training.rundir`
-(the run directory and its writes), :class:`Plan` (what is trained: the
+(the run directory and its writes), :mod:`jrnn.training.snapshots` (the
+Orbax snapshots ``keep`` and ``keep_best`` ask for), :class:`Plan` (what is trained: the
 model, the optimizer, the per-epoch learning rate), :class:`Progress` (where
 the run is: what a checkpoint stores), :class:`_Epochs` (one epoch of
 windows with its stops and saves) and :func:`fit`, which strings them
@@ -81,6 +82,7 @@ from jrnn.training.loop import (
 )
 from jrnn.training.rundir import RunDir, RunDirError, Writer, open_run_dir
 from jrnn.training.inference import load_for_inference
+from jrnn.training.snapshots import Snapshots
 from jrnn.training.step import (
     TrainState,
     init_train_state,
@@ -389,11 +391,12 @@ class _Epochs:
     """
 
     def __init__(self, plan: Plan, steps: _Steps, corpus: Corpus, streams: np.ndarray,
-                 progress: Progress, writer: Writer, header: dict, *, skip: bool,
-                 max_windows: Optional[int], save_every: float, stop: threading.Event,
-                 callbacks: Callbacks, names: list, log_every: int, t_start: float):
+                 progress: Progress, writer: Writer, snapshots: Snapshots, header: dict, *,
+                 skip: bool, max_windows: Optional[int], save_every: float,
+                 stop: threading.Event, callbacks: Callbacks, names: list, log_every: int,
+                 t_start: float):
         self.plan, self.steps, self.corpus, self.streams = plan, steps, corpus, streams
-        self.progress, self.writer, self.header = progress, writer, header
+        self.progress, self.writer, self.snapshots, self.header = progress, writer, snapshots, header
         self.skip, self.max_windows, self.save_every, self.stop = skip, max_windows, save_every, stop
         self.callbacks, self.names = callbacks, names
         self.log_every, self.t_start = log_every, t_start
@@ -406,6 +409,12 @@ class _Epochs:
     @property
     def last(self) -> str:
         return self.writer.run_dir.last
+
+    def save_last(self, state, meta: dict, carry: Any = None) -> None:
+        """Write ``last.ckpt`` once the snapshot being written is complete: a resume from
+        it then finds the snapshots of every epoch before it."""
+        self.snapshots.wait()
+        self.writer.save(self.last, state, meta, carry=carry)
 
     def _host_params(self, state):  # evaluation runs in each process on its own device
         return distributed.to_host(state.params) if self.writer.multi else state.params
@@ -454,8 +463,7 @@ class _Epochs:
         if self.max_windows is not None and i + 1 >= p.window + self.max_windows:
             return True
         if due:
-            self.writer.save(self.last, state, p.meta(self.header, epoch, i + 1, running),
-                             carry=carry)
+            self.save_last(state, p.meta(self.header, epoch, i + 1, running), carry=carry)
             self.last_save = time.perf_counter()
         return False
 
@@ -485,14 +493,14 @@ class _Epochs:
             should_stop=lambda i, st, c, m, running: self._window_done(epoch, i, st, c, m, running))
         if self.halted and next_window < num_windows(self.streams, cfg.bptt):
             p.window = next_window
-            self.writer.save(self.last, state, p.meta(self.header, epoch, next_window, self.running),
-                             carry=carry)
+            self.save_last(state, p.meta(self.header, epoch, next_window, self.running), carry=carry)
             return state, stats, True
         p.window, p.carry, p.totals = 0, None, None
         return state, stats, False
 
     def finish(self, epoch: int, state: TrainState, stats) -> bool:
-        """Evaluate, record and save the epoch; True when a stop was asked for meanwhile."""
+        """Evaluate, record and save the epoch (and start its snapshot); True when a stop was
+        asked for meanwhile."""
         p = self.progress
         valid_ppl, _ = evaluate(self.plan.model, self._host_params(state), self.corpus.valid,
                                 eval_step=self.steps.eval, batch_size=self.eval_batch,
@@ -512,7 +520,8 @@ class _Epochs:
             if self.writer.multi:
                 self.best_params = self._host_params(state)
         self.record("epoch", int(state.step), **record)
-        self.writer.save(self.last, state, p.meta(self.header, epoch + 1, 0))
+        self.save_last(state, p.meta(self.header, epoch + 1, 0))
+        self.snapshots.save(state, p.meta(self.header, epoch + 1, 0), record["valid_ppl"])
         if self.callbacks.on_epoch is not None:
             self.callbacks.on_epoch(dict(record))
         self.halted = distributed.any_process(self.stop.is_set())[0]
@@ -545,7 +554,7 @@ def _start_info(plan: Plan, run_dir: RunDir, corpus: Corpus, state: TrainState,
                 steps: _Steps) -> dict:
     """What ``Callbacks.on_start`` receives."""
     return {
-        "run_dir": run_dir.path, "vocab_size": len(corpus.vocab),
+        "run_dir": run_dir.path, "step": int(state.step), "vocab_size": len(corpus.vocab),
         "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid),
         "test_tokens": len(corpus.test), "params": _size(state.params),
         "backend": jax.default_backend(),
@@ -556,7 +565,7 @@ def _start_info(plan: Plan, run_dir: RunDir, corpus: Corpus, state: TrainState,
     }
 
 
-def _check_options(on_nonfinite, max_windows, save_every, fused_epoch) -> None:
+def _check_options(on_nonfinite, max_windows, save_every, fused_epoch, keep, keep_best) -> None:
     if on_nonfinite not in ("stop", "skip"):
         raise FitError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
@@ -568,6 +577,10 @@ def _check_options(on_nonfinite, max_windows, save_every, fused_epoch) -> None:
     if not (isinstance(save_every, (int, float)) and save_every >= 0 and not math.isnan(save_every)):
         raise FitError(f"save_every must be a number of seconds >= 0 (0: after every window), "
                        f"got {save_every!r}")
+    for name, flag, n in (("keep", "--keep", keep), ("keep_best", "--keep-best", keep_best)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise FitError(f"{name} ({flag}) must be a number of epochs >= 0 (0: no snapshots), "
+                           f"got {n!r}")
 
 
 def _read_resume(run_dir: RunDir, corpus: Corpus, overrides: Optional[dict], given: tuple,
@@ -673,6 +686,20 @@ def settings_text(config: TrainConfig, data_info: Optional[dict], given: tuple =
     return configfile.dumps(tables, note)
 
 
+def _resume_snapshots(snapshots: Snapshots, run_dir: RunDir, state: TrainState,
+                      progress: Progress, header: dict, say: Callable[[str], None]) -> None:
+    """A resume at an epoch end saves that epoch's snapshot again where a kill lost it
+    (``state`` is the epoch end's, read from ``last.ckpt``); without snapshots, a note."""
+    if not snapshots.enabled:
+        if os.path.isdir(run_dir.snapshots):
+            say(f"{run_dir.snapshots} is left as it is (no more snapshots: keep and keep_best "
+                "are 0)")
+        return
+    if progress.window == 0 and progress.history:
+        snapshots.save(state, progress.meta(header, progress.epoch, 0),
+                       progress.history[-1]["valid_ppl"])
+
+
 def _interrupted_note(run_dir: RunDir, progress: Progress) -> str:
     if progress.window:
         return (f"interrupted: saved {run_dir.last} at epoch {progress.epoch + 1}, "
@@ -710,6 +737,8 @@ def fit(
     handle_signals: bool = True,
     callbacks: Callbacks = Callbacks(),
     log_every: Optional[int] = None,
+    keep: Optional[int] = None,
+    keep_best: Optional[int] = None,
 ) -> FitResult:
     """Train a language model on ``corpus`` and keep its run in a directory.
 
@@ -746,6 +775,13 @@ def fit(
       callbacks: :class:`Callbacks`.
       log_every: windows between the ``"train"`` records of ``metrics.jsonl``
         (default: 20 records an epoch).
+      keep: also keep Orbax snapshots of the training state at the newest
+        ``keep`` epoch ends, in ``snapshots/last/<step>`` (``None`` or 0:
+        none, and Orbax is not imported); written in the background while
+        the next epoch trains (:mod:`jrnn.training.snapshots`).
+      keep_best: likewise the ``keep_best`` epoch ends of lowest validation
+        perplexity, in ``snapshots/best/<step>``.  A resume keeps the run's
+        own unless given these again (0: no more snapshots).
 
     Files: ``last.ckpt`` and ``best.ckpt`` (checkpoints), ``summary.json``
     (the finished run), ``config.toml`` (the settings: ``jrnn train --config``
@@ -755,7 +791,9 @@ def fit(
     an ``"epoch"`` record with the history's fields; a ``"test"`` record).
     Each record has the ``step`` (updates so far) and ``wall_s`` (seconds
     since the start); a resume drops the records after its checkpoint and
-    logs those windows again, so the file reads as one run.
+    logs those windows again, so the file reads as one run.  With ``keep``
+    or ``keep_best``: ``snapshots/`` (``jrnn eval runs/3/snapshots/best/1200``
+    evaluates one).
 
     Returns:
       :class:`FitResult`.
@@ -778,7 +816,7 @@ def fit(
       >>> result.complete, result.test_ppl is not None
       (True, True)
     """
-    _check_options(on_nonfinite, max_windows, save_every, fused_epoch)
+    _check_options(on_nonfinite, max_windows, save_every, fused_epoch, keep, keep_best)
     say = callbacks.on_message or (lambda text: None)
     t_start = time.perf_counter()
     if distributed.is_multiprocess():  # several processes are one data-parallel run
@@ -792,11 +830,18 @@ def fit(
         config = DEFAULT
     given = tuple(name for name, v in (("model", model), ("optimizer", optimizer)) if v is not None)
     writer, saved = _open_run(out, runs_root, resume, overwrite, say), None
-    with writer:  # the run directory is held until the run ends; a start that never saved is undone
+    snapshots = Snapshots(writer.final.snapshots, keep or 0, keep_best or 0, say)
+    # The run directory is held until the run ends (a start that never saved is undone), and
+    # the snapshots being written are finished before it is let go.
+    with writer, snapshots:
         if resume:
             config, saved, finished = _read_resume(writer.run_dir, corpus, overrides, given, say)
             if finished is not None:
                 return finished
+            if keep is None and keep_best is None and saved is not None:  # the run's own
+                kept = saved[0].get("snapshots") or {}
+                keep, keep_best = kept.get("keep"), kept.get("keep_best")
+                snapshots.keep, snapshots.keep_best = keep or 0, keep_best or 0
 
         streams = _check_splits(config, corpus)
         plan = build_plan(config, len(corpus.vocab), model=model, optimizer=optimizer)
@@ -806,7 +851,8 @@ def fit(
         writer.trim_log(int(state.step))  # a resume logs its windows again
         writer.settings = settings_text(config, data_info, plan.given, on_nonfinite=on_nonfinite,
                                         max_windows=max_windows, fused_epoch=fused_epoch,
-                                        data_parallel=data_parallel)
+                                        data_parallel=data_parallel, keep=keep or None,
+                                        keep_best=keep_best or None)
         steps = _make_steps(plan, data_parallel=data_parallel, fused_epoch=fused_epoch)
         if steps.rows is not None:
             streams = streams[steps.rows]
@@ -816,10 +862,14 @@ def fit(
         if callbacks.on_start is not None:
             callbacks.on_start(_start_info(plan, writer.final, corpus, state, steps))
         header = {**(data_info or {}), "config": config.to_dict(), "vocab": corpus.vocab.to_dict(),
-                  **({"given": list(plan.given)} if plan.given else {})}
+                  **({"given": list(plan.given)} if plan.given else {}),
+                  **({"snapshots": {"keep": keep or 0, "keep_best": keep_best or 0}}
+                     if snapshots.enabled else {})}
+        if saved is not None:
+            _resume_snapshots(snapshots, writer.final, state, progress, header, say)
 
         with _StopRequests(handle_signals) as stop:
-            epochs = _Epochs(plan, steps, corpus, streams, progress, writer, header,
+            epochs = _Epochs(plan, steps, corpus, streams, progress, writer, snapshots, header,
                              skip=on_nonfinite == "skip", max_windows=max_windows,
                              save_every=save_every, stop=stop, callbacks=callbacks,
                              names=leaf_names(state.params), t_start=t_start,
@@ -835,6 +885,7 @@ def fit(
         epochs.record("test", int(state.step), test_ppl=test_ppl if math.isfinite(test_ppl) else None,
                       test_tokens=n_test)
         result = _result(writer.run_dir, state, progress, t_start, test_ppl)
+        snapshots.wait()  # a run with a summary is complete: its snapshots too
         writer.summary({"test_ppl": result.test_ppl, "test_tokens": n_test,
                         "best_valid_ppl": result.best_valid_ppl, "wall_seconds": result.wall_seconds,
                         "config": config.to_dict(), **{k: v for k, v in header.items() if k == "given"},

@@ -14,7 +14,7 @@ import numpy as np
 from jrnn.data import Vocabulary
 from jrnn.models.lm import build_model
 from jrnn.training import checkpoint as ckpt
-from jrnn.training import runs
+from jrnn.training import runs, snapshots
 from jrnn.training.config import ConfigError, TrainConfig
 from jrnn.training.step import leaf_names
 
@@ -26,12 +26,13 @@ PARAM_LIMIT = float(np.sqrt(np.finfo(np.float32).max))
 
 
 def load_for_inference(path: str):
-    """``(model, params, vocab, meta)`` from a checkpoint file, a run directory, or a folder
+    """``(model, params, vocab, meta)`` from a checkpoint file, a run directory, a snapshot
+    folder (``runs/3/snapshots/best/1200``, :mod:`jrnn.training.snapshots`), or a folder
     with a ``latest`` pointer.  Only the parameters are read (no optimizer is built); a
     header that does not describe a model, or parameters that are not finite, are a
     :class:`~jrnn.training.checkpoint.CheckpointError`."""
     path = runs.resolve_run(path)
-    meta, raw = ckpt.load_raw(path)
+    meta, raw = snapshots.load(path) if snapshots.is_snapshot(path) else ckpt.load_raw(path)
     if "model" in meta.get("given", ()):
         raise ckpt.CheckpointError(f"{path}: its model was given in Python, so only that code can "
                                    "rebuild it; load the parameters with jrnn.training.checkpoint")

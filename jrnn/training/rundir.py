@@ -1,11 +1,12 @@
 """One run's directory as :func:`jrnn.training.fit.fit` uses it: choosing it, and writing into it.
 
 :class:`RunDir` names the files of a run (``last.ckpt``, ``best.ckpt``,
-``summary.json``); :func:`open_run_dir` chooses the directory for a new,
-resumed or replaced run (:mod:`jrnn.training.runs` keeps the numbering and
-the ``latest`` pointer); :class:`Writer` saves checkpoints and the summary
-so that with several processes the state is gathered by all of them and
-written once, by process 0.
+``summary.json``, the ``snapshots`` folder); :func:`open_run_dir` chooses
+the directory for a new, resumed or replaced run (:mod:`jrnn.training.runs`
+keeps the numbering and the ``latest`` pointer); :class:`Writer` saves
+checkpoints and the summary so that with several processes the state is
+gathered by all of them and written once, by process 0.
+(:mod:`jrnn.training.snapshots` writes the ``snapshots`` folder.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import stat
 import tempfile
 from typing import Any, NamedTuple, Optional
@@ -68,6 +70,12 @@ class RunDir(NamedTuple):
     def settings(self) -> str:
         """The run's settings as ``jrnn train --config`` reads them (:mod:`jrnn.training.configfile`)."""
         return os.path.join(self.path, "config.toml")
+
+    @property
+    def snapshots(self) -> str:
+        """The run's Orbax snapshots, ``snapshots/last/<step>`` and ``snapshots/best/<step>``
+        (:mod:`jrnn.training.snapshots`; only when the run keeps them)."""
+        return os.path.join(self.path, runs.SNAPSHOTS)
 
     @property
     def metrics(self) -> str:
@@ -141,8 +149,9 @@ def _check_writable(run_dir: str) -> None:
 
 
 def _remove_own_files(folder: str, names=None) -> None:
-    """Unlink the regular files (not links, not folders) jrnn may have put in ``folder``, then
-    the folder if that left it empty."""
+    """Unlink the regular files (not links, not other folders) jrnn may have put in ``folder``
+    and remove its ``snapshots`` folder (a link there is unlinked, never followed), then the
+    folder if that left it empty."""
     try:
         entries = os.listdir(folder) if names is None else list(names)
     except OSError:
@@ -158,6 +167,8 @@ def _remove_own_files(folder: str, names=None) -> None:
                 os.unlink(path)
             except OSError:
                 pass
+        elif name == runs.SNAPSHOTS and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)  # a replaced run's Orbax snapshots
     try:
         os.rmdir(folder)
     except OSError:

@@ -2,7 +2,8 @@
 
 Layout under a root (``runs/`` by default)::
 
-    runs/1/  runs/2/ ...   one directory per run: best.ckpt, last.ckpt, summary.json
+    runs/1/  runs/2/ ...   one directory per run: best.ckpt, last.ckpt, summary.json,
+                           snapshots/ (when it keeps them: jrnn.training.snapshots)
     runs/latest            a small text file naming the newest run directory
 
 ``latest`` is a plain file written atomically (temporary file + rename), not
@@ -23,6 +24,7 @@ from jrnn.training.checkpoint import CheckpointError
 
 __all__ = [
     "RUN_FILES",
+    "SNAPSHOTS",
     "RunPointerError",
     "holds_run",
     "new_run_dir",
@@ -32,9 +34,11 @@ __all__ = [
     "remove_stale_temporaries",
 ]
 
-# Files whose presence means a directory holds a run.
+SNAPSHOTS = "snapshots"  # the folder of a run's Orbax snapshots (jrnn.training.snapshots)
+
+# Files (and the snapshots folder) whose presence means a directory holds a run.
 RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl",
-             "learning_curve.png", "learning_curve.svg")
+             "learning_curve.png", "learning_curve.svg", SNAPSHOTS)
 
 
 class RunPointerError(CheckpointError):
