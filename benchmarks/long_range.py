@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from jrnn.analysis import tasks  # noqa: E402
+from jrnn.analysis.diagnostics import MORE_CELL_NAMES  # noqa: E402
 from jrnn.cli.tools import format_sweep_table, result_to_dict  # noqa: E402
 from jrnn.core.select import vector_extensions  # noqa: E402
 
@@ -50,10 +51,13 @@ PRESETS = {
             # H&S 1997 exp. 4: solved = 95 % of held-out sequences within 0.04.  The budget,
             # 4000 x 64 = 256,000 sequences, is 3.5x H&S's count at T = 100 and 1.2x theirs at
             # T = 500 (209,000).
+            # The newer cells (--cells mingru,...) get the LSTM's settings; the RG-LRU, a
+            # diagonal linear recurrence like the LRU, the LRU's.
             "adding": {"cells": ALL, "lengths": [100, 200, 500],
                        "train": {"steps": 4000, "batch_size": 64, "hidden_size": 32,
                                  "learning_rate": 1e-2},
-                       "per_cell": {"lru": {"hidden_size": 64, "learning_rate": 3e-3}}},
+                       "per_cell": {"lru": {"hidden_size": 64, "learning_rate": 3e-3},
+                                    "rglru": {"hidden_size": 64, "learning_rate": 3e-3}}},
             # Arjovsky et al. 2016, Sec. 4.1: hidden sizes giving similar parameter counts
             # (tanh RNN 80, LSTM 40, uRNN 128 complex units: our LRU has 128 complex units);
             # RMSProp lr 1e-3 there; Adam 1e-2 here (1e-3 for the LRU, its paper's scale: the
@@ -64,7 +68,13 @@ PRESETS = {
                                "eval_size": 500},
                      "per_cell": {"tanh": {"hidden_size": 80}, "lstm": {"hidden_size": 40},
                                   "gru": {"hidden_size": 48},
-                                  "lru": {"hidden_size": 128, "learning_rate": 1e-3}}},
+                                  "lru": {"hidden_size": 128, "learning_rate": 1e-3},
+                                  # The newer cells get the LRU's 128 units (the input-only
+                                  # gates have no H x H weights: 128 minGRU units hold fewer
+                                  # parameters than 40 LSTM units); the RG-LRU the LRU's lr.
+                                  **{c: {"hidden_size": 128} for c in
+                                     ("mingru", "minlstm", "slstm", "mlstm")},
+                                  "rglru": {"hidden_size": 128, "learning_rate": 1e-3}}},
         },
     },
     # The first release's sweep (docs/diagnostics.md, "shorter lengths"): one budget for
@@ -188,6 +198,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="published", choices=sorted(PRESETS))
     p.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--cells", help="comma-separated cells instead of each task's own (e.g. the newer "
+                   "mingru,minlstm,rglru,slstm,mlstm): their rows join the other cells' in an "
+                   "existing --out/long_range.json of the same preset and seeds")
     p.add_argument("--quick", action="store_true", help="a tiny budget: checks that it runs")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes, one cell's sweep each (default: 2, one per core)")
@@ -214,6 +227,10 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in preset["tasks"]]
     if unknown:
         p.error(f"unknown task(s) {unknown} for preset {args.preset}: choose from {list(preset['tasks'])}")
+    chosen = args.cells.split(",") if args.cells else None
+    known = tasks.TASK_CELLS + MORE_CELL_NAMES
+    if chosen and any(c not in known for c in chosen):
+        p.error(f"--cells: unknown {[c for c in chosen if c not in known]}; choose from {list(known)}")
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     os.makedirs(args.out, exist_ok=True)
@@ -229,13 +246,17 @@ def main(argv=None) -> int:
     out = {"preset": args.preset, "machine": info, "seeds": seeds, "need": need, "tasks": {},
            "runs": [{"tasks": names, "started": time.strftime("%Y-%m-%d %H:%M:%S")}]}
     saved_path = Path(args.out, "long_range.json")
-    if args.tasks and saved_path.exists():
-        # Re-running some tasks keeps the others' results from an earlier run of the same preset.
+    earlier = {}  # task -> its entry in an earlier run whose other cells' rows are kept
+    if (args.tasks or chosen) and saved_path.exists():
+        # Re-running some tasks (or cells) keeps the others' results from an earlier run of the
+        # same preset.
         saved = json.loads(saved_path.read_text())
         if saved.get("preset") == args.preset and saved.get("seeds") == seeds:
-            kept = {k: v for k, v in saved["tasks"].items() if k not in names}
+            kept = {k: v for k, v in saved["tasks"].items() if k not in names or chosen}
             out["tasks"].update(kept)
+            earlier = dict(kept) if chosen else {}
             out["runs"] = saved.get("runs", [{"tasks": sorted(kept)}]) + out["runs"]
+            out["runs"][-1]["cells"] = chosen
             print(f"# keeping {sorted(kept)} from {saved_path}", flush=True)
     t_all = time.perf_counter()
 
@@ -249,6 +270,8 @@ def main(argv=None) -> int:
             train.update(steps=40, eval_every=20, eval_size=64, hidden_size=8)
             lengths = lengths[:1]
             per_cell = {k: {**v, "hidden_size": 8} for k, v in per_cell.items()}
+        if chosen:
+            cfg = {**cfg, "cells": chosen}
         plans[name] = (cfg, train, per_cell, lengths)
     # Every (task, cell) sweep is one job; workers take them longest first (a rough cost:
     # longest length x budget; per step a gated cell costs about three Elman cells, the LRU
@@ -268,12 +291,20 @@ def main(argv=None) -> int:
                 job = jobs[(name, cell)]
                 results += job.result() if pool else _sweep_one(*job)
             task = tasks.get_task(name)
+            rows = [result_to_dict(r) for r in results]
+            old = earlier.get(task.name)
+            cells = list(cfg["cells"])
+            if old is not None:  # the earlier run's other cells first, then these
+                rows = [r for r in old["results"] if r["cell"] not in cells] + rows
+                cells = [c for c in old["cells"] if c not in cells] + cells
+                results = [tasks.TaskResult(**{**r, "history": [tuple(h) for h in r["history"]]})
+                           for r in rows]
             out["tasks"][task.name] = {
-                "name": name, "cells": cfg["cells"], "lengths": lengths, "train": train,
+                "name": name, "cells": cells, "lengths": lengths, "train": train,
                 "per_cell": per_cell, "solved_at": task.solved_at,
                 "training_seconds": sum(r.seconds for r in results),
                 "longest_solved": tasks.longest_solved(results, need),
-                "results": [result_to_dict(r) for r in results]}
+                "results": rows}
             report(out["tasks"][task.name], need, len(seeds), args.out)
             # Written after every task, so an interrupted sweep keeps what it finished.
             out["seconds"] = time.perf_counter() - t_all

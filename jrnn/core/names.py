@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "float32", "bfloat16")
 # The named runs (jrnn.training.config.PRESETS).
 PRESETS = ("zaremba-small", "zaremba-medium", "zaremba-large", "small-variational", "elman-ptb",
-           "nnlm-ptb")
+           "nnlm-ptb", "mingru-ptb", "minlstm-ptb", "rglru-ptb", "slstm-ptb", "mlstm-ptb")
 
 
 # Older or shorter names of options: ``--layers`` is ``num_layers``, ``--tie`` is ``tie_embeddings``.

@@ -189,5 +189,22 @@ PRESETS: dict[str, TrainConfig] = {
         cell="nnlm", context_size=4, num_layers=1, embed_size=100, hidden_size=300, dropout=0.3,
         init_scale=0.05, optimizer="adam", lr=1e-3, lr_decay=0.5, decay_start=3, clip=5.0,
         epochs=5, batch_size=20, bptt=35),
+    # The recurrences of issue 26 at zaremba-small's budget (4.65M parameters with the
+    # embedding and output layer): the same E200/H200 layers, no dropout, batch 20, 35 steps;
+    # layers added where a cell's layer is smaller than the LSTM's (minGRU 6: 4.49M, minLSTM
+    # 5: 4.61M, sLSTM 2: 4.65M).  Adam, not SGD at lr 1: in 300-window probes SGD diverged
+    # for the 6-layer minGRU (perplexity 1e30) and trailed Adam for the sLSTM (690 against
+    # 498) and the mLSTM (772 against 749).  The RG-LRU and the mLSTM keep 2 layers (4.25M,
+    # 4.33M): 5 RG-LRU layers diverged at lr 2e-3 and 1e-3 (each layer can amplify a slowly
+    # varying input by up to sqrt((1 + a)/(1 - a)), 44x at a = 0.999, and this plain stack has
+    # no normalization between layers, as Griffin's blocks do), 4 mLSTM layers learned more
+    # slowly than 2 (749 against 600 after 300 windows).  Probes and results: docs/guide.md,
+    # section 7, and benchmarks/RESULTS.md.
+    **{f"{cell}-ptb": DEFAULT.replace(
+        cell=cell, num_layers=layers, embed_size=200, hidden_size=200, dropout=0.0,
+        init_scale=0.1, optimizer="adam", lr=2e-3, lr_decay=0.5, decay_start=2, clip=5.0,
+        epochs=6, batch_size=20, bptt=35)
+       for cell, layers in (("mingru", 6), ("minlstm", 5), ("rglru", 2), ("slstm", 2),
+                            ("mlstm", 2))},
 }
 names.agree("PRESETS", PRESETS)
