@@ -283,7 +283,8 @@ def learning_curve_figure(runs: Mapping[str, Sequence[dict]], path: str, *,
                     label=f"{name} {what}")
         test = [r["test_ppl"] for r in records if r.get("kind") == "test" and r.get("test_ppl") is not None]
         if test:
-            a1.plot([x[-1] if x else 0], [test[-1]], "*", color=color, ms=9, label=f"{name} test {test[-1]:.1f}")
+            shown = f"{test[-1]:.1f}" if test[-1] < 1e6 else f"{test[-1]:.1e}"  # a diverged run's fits too
+            a1.plot([x[-1] if x else 0], [test[-1]], "*", color=color, ms=9, label=f"{name} test {shown}")
         windows = [r for r in records if r.get("kind") == "train"]
         a2.plot([r["step"] for r in windows], _positive([np.nan if r.get("loss") is None else r["loss"]
                                                           for r in windows]),

@@ -17,8 +17,9 @@ metric and the metric's chance baseline:
 
 A task model is a cell plus a linear readout on every step
 (:func:`init_task_model`, :func:`task_outputs`); :func:`train_task` fits one
-with Adam within a fixed budget of steps, and :func:`sweep` runs a cell over
-growing lengths to find where it stops learning.  Besides the cells of
+with Adam (or RMSprop, :func:`task_optimizer`) within a fixed budget of
+steps, and :func:`sweep` runs a cell over growing lengths to find where it
+stops learning.  Besides the cells of
 :data:`jrnn.diagnostics.CELL_NAMES`, the tasks take ``"lru"``: the diagonal
 complex linear recurrence of :func:`jrnn.parallel.diagonal` (LRU-style)
 between two position-wise GELU layers (:func:`task_cell`).
@@ -62,6 +63,8 @@ __all__ = [
     "TASK_NAMES",
     "TASK_CELLS",
     "LRU_RING",
+    "TASK_OPTIMIZERS",
+    "task_optimizer",
     "task_cell",
     "hidden_gradients",
     "init_task_model",
@@ -378,6 +381,34 @@ TASK_CELLS = CELL_NAMES + ("lru",)
 # the long-range arena): |lambda|^500 is still 0.6 at the ring's outer edge.
 LRU_RING = (0.9, 0.999)
 
+# The optimizers train_task knows by name.  "rmsprop" is Tallec & Ollivier's (2018) choice for
+# their synthetic tasks: RMSprop with a moving average of 0.9 for the squared gradients.
+TASK_OPTIMIZERS = ("adam", "rmsprop")
+
+
+def task_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """The optimizer :func:`train_task` runs for ``name`` in :data:`TASK_OPTIMIZERS`.
+
+    ``"adam"`` is ``optax.adam(learning_rate)``.  ``"rmsprop"`` is
+    RMSprop (Tieleman & Hinton 2012) as ``torch.optim.RMSprop`` computes it
+    with ``alpha=0.9``: ``v = 0.9 v + 0.1 g^2`` from ``v = 0``, no bias
+    correction, no momentum, step ``lr g / (sqrt(v) + 1e-8)`` (``eps``
+    outside the square root).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jrnn import tasks
+      >>> opt = tasks.task_optimizer("rmsprop", 1e-3)
+      >>> u, _ = opt.update(jnp.array([2.0]), opt.init(jnp.zeros(1)))
+      >>> round(float(u[0]), 6)  # -lr * 2 / sqrt(0.1 * 4): 1 / sqrt(0.1) times the step size
+      -0.003162
+    """
+    if name == "adam":
+        return optax.adam(learning_rate)
+    if name == "rmsprop":
+        return optax.rmsprop(learning_rate, decay=0.9, eps=1e-8, eps_in_sqrt=False)
+    raise ValueError(f"optimizer must be one of {list(TASK_OPTIMIZERS)}, got {name!r}")
+
 
 def task_cell(name: str, hidden_size: int, *, lstm_init: str = "chrono", longest: int = 100) -> Cell:
     """The cell a task model uses for ``name`` in :data:`TASK_CELLS`.
@@ -540,8 +571,10 @@ def train_task(
     on_progress: Optional[Callable[[int, int, float, float], None]] = None,
     lstm_init: str = "chrono",
     gradient_evidence: bool = False,
+    optimizer: str = "adam",
+    chrono_tmax: Optional[int] = None,
 ) -> TaskResult:
-    """Train ``cell_name`` on ``task`` at ``length`` within a budget of ``steps`` Adam steps.
+    """Train ``cell_name`` on ``task`` at ``length`` within a budget of ``steps`` optimizer steps.
 
     Fresh batches come from the generator every step (seeded by ``seed``);
     every ``eval_every`` steps the model is scored on one fixed held-out
@@ -550,24 +583,33 @@ def train_task(
     evaluations run as one jitted ``lax.scan``.  ``cell_name`` is one of
     :data:`TASK_CELLS` (see :func:`task_cell`); LSTMs start with chrono
     initialization (``lstm_init="chrono"``, Tallec & Ollivier 2018, time
-    scales up to the longest sequence of the task) or with forget bias 1
-    (``"forget-bias"``).  With ``gradient_evidence`` the result carries
-    :func:`hidden_gradients` on 100 held-out sequences for the model before
-    and after training.  Each step is the training core of ``fit``
-    (:func:`jrnn.training.step.make_update`): the gradient's global norm is
-    clipped to ``clip_norm`` (``None``: no clipping) before the Adam update.
+    scales up to the longest sequence of the task, or up to ``chrono_tmax``
+    steps when given) or with forget bias 1 (``"forget-bias"``).  With
+    ``gradient_evidence`` the result carries :func:`hidden_gradients` on 100
+    held-out sequences for the model before and after training.  Each step
+    is the training core of ``fit`` (:func:`jrnn.training.step.make_update`):
+    the gradient's global norm is clipped to ``clip_norm`` (``None``: no
+    clipping) before the update of ``optimizer`` (:func:`task_optimizer`:
+    ``"adam"`` or ``"rmsprop"``) at ``learning_rate``.
 
     ``on_progress(step, steps, train_loss, metric)`` is called after each chunk.
     """
     positive_int("steps", steps)
     positive_int("eval_every", eval_every)
     length = positive_int("length", length, task.min_length)
-    # Chrono's time scales reach the task's longest sequence (only the LSTM needs it).
-    longest = task.sample(jax.random.PRNGKey(0), 1, length).inputs.shape[1] if cell_name == "lstm" else 0
+    optimizer = task_optimizer(optimizer, learning_rate)
+    if chrono_tmax is not None:
+        positive_int("chrono_tmax", chrono_tmax, 3)
+        if cell_name != "lstm" or lstm_init != "chrono":
+            raise ValueError("chrono_tmax is for an LSTM with lstm_init='chrono', got "
+                             f"cell {cell_name!r} with lstm_init={lstm_init!r}")
+        longest = chrono_tmax
+    else:
+        # Chrono's time scales reach the task's longest sequence (only the LSTM needs it).
+        longest = task.sample(jax.random.PRNGKey(0), 1, length).inputs.shape[1] if cell_name == "lstm" else 0
     cell = task_cell(cell_name, hidden_size, lstm_init=lstm_init, longest=longest)
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = init_task_model(cell, task, k_init)
-    optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(params)
     eval_batch = task.sample(k_eval, eval_size, length)
 
