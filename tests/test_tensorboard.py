@@ -346,3 +346,20 @@ def test_readme_tensorboard_command_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "runs" / "watched"
     assert expected(_records(run)) == shown(run_logdir(str(run)), "server")
+
+
+@needs_tensorboardx
+def test_train_tensorboard_overwrite_shows_only_the_new_run(tmp_path):
+    """--overwrite swaps the new run in at its first save: the old run's event files go with
+    the old run, and nothing is written beside it before that."""
+    from jrnn.cli import main
+    from tests.helpers import TINY_TRAIN
+
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY_TRAIN, "--epochs", "2", "--out", out, "--tensorboard"]) == 0
+    assert main(["train", *TINY_TRAIN, "--lr", "0.003", "--out", out, "--overwrite",
+                 "--tensorboard"]) == 0
+    logdir = run_logdir(out)
+    assert len(event_files(logdir)) == 1
+    assert expected(_records(out)) == shown(logdir, "server") == shown(logdir, "legacy")
+    assert not [n for n in os.listdir(out) if n.startswith((".jrnn-new", ".jrnn-old"))]

@@ -83,24 +83,43 @@ def load_corpus(data: Optional[str], level: Optional[str], max_vocab, min_freq):
 
 class _Events:
     """``jrnn train --tensorboard``: the run's metric records as TensorBoard event files in
-    ``RUN/tensorboard`` (:mod:`jrnn.training.tensorboard`), written by the leader.  A resume
-    purges the steps after its checkpoint, which it logs again."""
+    ``RUN/tensorboard`` (:mod:`jrnn.training.tensorboard`), written by the leader.
+
+    The files are opened at the end of the first epoch, when the run has its checkpoint and
+    its directory is its own (a replaced run's is swapped in at its first save), and the
+    records before are written then; a run stopped before that writes them if it saved.  A
+    resume purges the steps after its checkpoint, which it logs again."""
 
     def __init__(self, on: bool):
         if on and importlib.util.find_spec("tensorboardX") is None:
             _fail('--tensorboard needs tensorboardX: pip install "jrnn[tensorboard]" '
                   "(or pip install tensorboardX)")
-        self.on, self.writer = on, None
+        self.on, self.writer, self.info, self.waiting = on, None, None, []
 
     def start(self, info: dict) -> None:
-        if self.on:
-            self.writer = TensorBoardWriter(run_logdir(info["run_dir"]), purge_step=info["step"] + 1)
+        self.info = info
+
+    def _open(self) -> None:
+        self.writer = TensorBoardWriter(run_logdir(self.info["run_dir"]),
+                                        purge_step=self.info["step"] + 1)
+        for record in self.waiting:
+            self.writer(record)
+        self.waiting = []
 
     def __call__(self, record: dict) -> None:
-        if self.writer is not None:
+        if self.writer is None:
+            self.waiting.append(record)
+        else:
             self.writer(record)
 
-    def close(self) -> None:
+    def epoch_done(self) -> None:
+        if self.on and self.writer is None:
+            self._open()
+
+    def close(self, saved: bool = False) -> None:
+        """``saved``: the run ended with its checkpoint (write what is still waiting)."""
+        if self.writer is None and saved and self.waiting and self.info is not None:
+            self._open()
         if self.writer is not None:
             self.writer.close()
 
@@ -286,6 +305,12 @@ def cmd_train(args) -> int:
         progress.start(info)
         events.start(info)
 
+    def epoch_done(record: dict) -> None:
+        progress.epoch_done(record)
+        events.epoch_done()
+
+    result = None
+
     try:
         result = fit_module.fit(
             config, corpus, args.out, runs_root=args.runs, data_info=info, resume=args.resume,
@@ -294,11 +319,12 @@ def cmd_train(args) -> int:
             data_parallel=args.data_parallel, keep=args.keep, keep_best=args.keep_best,
             callbacks=fit_module.Callbacks(
                 on_start=start if leader else None, on_window=progress if leader else None,
-                on_epoch=progress.epoch_done if leader else None, on_message=message,
+                on_epoch=epoch_done if leader else None, on_message=message,
                 on_metrics=events if events.on else None))
     finally:
         progress.close()  # a live bar never outlives the run (Ctrl-C, an error)
-        events.close()
+        events.close(saved=result is not None and result.last_path is not None
+                     and os.path.exists(result.last_path))
     prefix = f"{who}: " if who else ""
     if not result.complete:
         if leader:
@@ -309,7 +335,7 @@ def cmd_train(args) -> int:
     if leader:
         learning_curve(result.run_dir, args.quiet)
     saved = [p for p in (result.best_path, result.last_path) if p and os.path.exists(p)]
-    for folder in (runs.SNAPSHOTS, "tensorboard"):
+    for folder in (runs.SNAPSHOTS, runs.TENSORBOARD):
         if os.path.isdir(os.path.join(result.run_dir, folder)):
             saved.append(os.path.join(result.run_dir, folder))
     test = f"test ppl {result.test_ppl:.2f}" if result.test_ppl is not None else "test ppl n/a"

@@ -150,8 +150,8 @@ def _check_writable(run_dir: str) -> None:
 
 def _remove_own_files(folder: str, names=None) -> None:
     """Unlink the regular files (not links, not other folders) jrnn may have put in ``folder``
-    and remove its ``snapshots`` folder (a link there is unlinked, never followed), then the
-    folder if that left it empty."""
+    and remove its ``snapshots`` and ``tensorboard`` folders (a link there is unlinked, never
+    followed), then the folder if that left it empty."""
     try:
         entries = os.listdir(folder) if names is None else list(names)
     except OSError:
@@ -167,8 +167,8 @@ def _remove_own_files(folder: str, names=None) -> None:
                 os.unlink(path)
             except OSError:
                 pass
-        elif name == runs.SNAPSHOTS and stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path, ignore_errors=True)  # a replaced run's Orbax snapshots
+        elif name in (runs.SNAPSHOTS, runs.TENSORBOARD) and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)  # a replaced run's snapshots or event files
     try:
         os.rmdir(folder)
     except OSError:

@@ -25,6 +25,7 @@ from jrnn.training.checkpoint import CheckpointError
 __all__ = [
     "RUN_FILES",
     "SNAPSHOTS",
+    "TENSORBOARD",
     "RunPointerError",
     "holds_run",
     "new_run_dir",
@@ -35,10 +36,11 @@ __all__ = [
 ]
 
 SNAPSHOTS = "snapshots"  # the folder of a run's Orbax snapshots (jrnn.training.snapshots)
+TENSORBOARD = "tensorboard"  # the folder of its event files (jrnn.training.tensorboard)
 
-# Files (and the snapshots folder) whose presence means a directory holds a run.
+# Files (and the two folders) whose presence means a directory holds a run.
 RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl",
-             "learning_curve.png", "learning_curve.svg", SNAPSHOTS)
+             "learning_curve.png", "learning_curve.svg", SNAPSHOTS, TENSORBOARD)
 
 
 class RunPointerError(CheckpointError):

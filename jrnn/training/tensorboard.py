@@ -26,11 +26,12 @@ import os
 import time
 from typing import Optional
 
+from jrnn.training import runs
 from jrnn.training.rundir import RunDir, read_metrics
 
 __all__ = ["TensorBoardWriter", "record_scalars", "replay_metrics", "LOGDIR_NAME", "run_logdir"]
 
-LOGDIR_NAME = "tensorboard"  # a run's event files go to <run>/tensorboard/
+LOGDIR_NAME = runs.TENSORBOARD  # a run's event files go to <run>/tensorboard/
 # Fields that are not scalars of their own: the kind names the tag, the step is the x axis
 # and wall_s the event's time.
 _NOT_SCALARS = ("kind", "step", "wall_s")
