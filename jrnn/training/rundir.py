@@ -184,7 +184,7 @@ def _recover(final: str) -> None:
             continue
         if name.startswith(_OLD):
             if not runs.holds_run(final):
-                for f in runs.RUN_FILES:
+                for f in runs.REPLACED:
                     if os.path.lexists(os.path.join(path, f)):
                         os.rename(os.path.join(path, f), os.path.join(final, f))
             _remove_own_files(path)
@@ -219,11 +219,11 @@ class Claim:
             return
         if self.work != self.final:
             old = tempfile.mkdtemp(prefix=_OLD, dir=self.final.path)
-            for f in runs.RUN_FILES:  # set the old run aside (renames: nothing is copied)
+            for f in runs.REPLACED:  # set the old run aside (renames: nothing is copied)
                 if os.path.lexists(os.path.join(self.final.path, f)):
                     os.rename(os.path.join(self.final.path, f), os.path.join(old, f))
             for f in os.listdir(self.work.path):
-                if f in runs.RUN_FILES:
+                if f in runs.REPLACED:
                     os.replace(os.path.join(self.work.path, f), os.path.join(self.final.path, f))
             _remove_own_files(self.work.path)
             _remove_own_files(old)

@@ -26,6 +26,7 @@ __all__ = [
     "RUN_FILES",
     "SNAPSHOTS",
     "TENSORBOARD",
+    "REPLACED",
     "RunPointerError",
     "holds_run",
     "new_run_dir",
@@ -38,9 +39,12 @@ __all__ = [
 SNAPSHOTS = "snapshots"  # the folder of a run's Orbax snapshots (jrnn.training.snapshots)
 TENSORBOARD = "tensorboard"  # the folder of its event files (jrnn.training.tensorboard)
 
-# Files (and the two folders) whose presence means a directory holds a run.
+# Files (and the snapshots folder) whose presence means a directory holds a run.
 RUN_FILES = ("last.ckpt", "best.ckpt", "summary.json", "config.toml", "metrics.jsonl",
-             "learning_curve.png", "learning_curve.svg", SNAPSHOTS, TENSORBOARD)
+             "learning_curve.png", "learning_curve.svg", SNAPSHOTS)
+# What a replaced run takes with it: its files and its event files (a tensorboard folder alone,
+# e.g. a TensorBoardWriter opened before fit, is not a run).
+REPLACED = RUN_FILES + (TENSORBOARD,)
 
 
 class RunPointerError(CheckpointError):
