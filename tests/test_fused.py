@@ -148,7 +148,7 @@ def test_cross_entropy_equals_optax(chunk_rows):
     # Differentiating the per-row losses too (the recomputing branch).
     obj = lambda f: (lambda *a: f(*a)[0] + jnp.sum(f(*a)[1] ** 2))
     chex.assert_trees_all_close(
-        jax.grad(obj(fused_ce), argnums=(0, 1, 2, 3))(h, W, b, w),
+        jax.jit(jax.grad(obj(fused_ce), argnums=(0, 1, 2, 3)))(h, W, b, w),
         jax.grad(obj(plain), argnums=(0, 1, 2, 3))(h, W, b, w), atol=1e-11, rtol=1e-10)
 
 
