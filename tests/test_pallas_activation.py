@@ -70,9 +70,9 @@ def test_every_named_activation_runs_in_the_kernel(name):
         warnings.simplefilter("error")  # no fallback
         got = jax.grad(lambda p: _loss(cell, "pallas", p, xs, w))(params)
     want = jax.grad(lambda p: _loss(cell, "scan", p, xs, w))(params)
-    for k in want:
-        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-10,
-                                   atol=1e-12, err_msg=k)
+    for k in want:  # the kernels compute in float32: float32's tolerance, not float64's
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=2e-5,
+                                   atol=2e-5, err_msg=k)
 
 
 def test_the_fallback_reason_names_the_activation_as_a_value():
@@ -94,10 +94,12 @@ def test_fallback_reasons_are_typed_and_keep_their_messages():
     big = jrnn.lstm(200)
     reason = pallas.fallback_reason(big)
     assert reason.kind is pallas.Fallback.ON_CHIP
-    assert reason == ("W_h of 256 x 1024 float32 (padded) is 1024 KiB, "
-                      "over the 96 KiB on-chip budget")
-    per_block = pallas.fallback_reason(jrnn.elman(128))  # 64 KiB: under 96 KiB, over 32 per block
-    assert per_block.kind is pallas.Fallback.ON_CHIP and "per-block" in per_block
+    assert reason == ("the forward kernel of a 256-unit (padded) lstm needs 1472 KiB of shared "
+                      "memory with float32 (TF32) operands, over the 220 KiB budget")
+    # bf16 Elman at 192 units: the forward kernel fits, the backward does not
+    backward = pallas.fallback_reason(jrnn.elman(192), bf16=True)
+    assert backward.kind is pallas.Fallback.ON_CHIP and "backward kernel" in backward
+    assert pallas.fallback_reason(jrnn.lstm(64)) is None
     assert pallas.fallback_reason(jrnn.gru(8), lengths=True).kind is pallas.Fallback.LENGTHS
     assert pallas.fallback_reason(jrnn.lstm(8, proj_size=3)).kind is pallas.Fallback.PROJECTION
     assert pallas.fallback_reason(jrnn.remat(jrnn.gru(8))).kind is pallas.Fallback.STEP_CHANGED
