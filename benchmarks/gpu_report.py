@@ -96,6 +96,7 @@ def _impl_columns(shapes: list[dict]) -> list[tuple[str, str]]:
         cols.append((f"jrnn autodiff u={u}", a))
     cols += [(f"jrnn u={u}", f"jrnn[u={u}]") for u in unrolls]
     cols += [("jrnn Pallas", "jrnn-pallas"), ("jrnn Pallas bf16", "jrnn-pallas-bf16"),
+             ("jrnn persistent", "jrnn-persistent"), ("jrnn persistent bf16", "jrnn-persistent-bf16"),
              ("jrnn cuDNN", "jrnn-cudnn")]
     return cols
 

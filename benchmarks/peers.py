@@ -134,7 +134,8 @@ CPU_DEFAULT = ["zaremba-small", "gru-small", "elman-small", "long-lstm", "long-e
 GPU_DEFAULT = ["zaremba-small", "zaremba-medium", "large-batch", "gru-small", "elman-small",
                "rnn-long", "long-lstm", "long-elman"]
 PEERS = ["jrnn", "flax", "equinox", "torch"]
-OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas", "jrnn-pallas-bf16", "jrnn-cudnn"]
+OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas", "jrnn-pallas-bf16", "jrnn-persistent",
+                "jrnn-persistent-bf16", "jrnn-cudnn"]
 
 
 # --------------------------------------------------------------------------
@@ -388,6 +389,20 @@ def jrnn_pallas_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runne
     if reason is not None:
         raise _Skip(f"n/a: {reason}")
     return jrnn_runner(shape, data, method="pallas", precision="bfloat16" if bf16 else "float32")
+
+
+def jrnn_persistent_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runner:
+    """jrnn's persistent multi-block kernels (``method="persistent"``: ``W_h`` split over
+    thread blocks, a grid barrier per step); n/a with the reason where they do not fit."""
+    from jrnn.core import unroll
+
+    cell = jrnn.make_cell(shape.cell, shape.H)
+    reason = unroll.kernel_fallback_reason(cell, "persistent", batch=shape.B,
+                                           precision="bfloat16" if bf16 else "float32")
+    if reason is not None:
+        raise _Skip(f"n/a: {reason}")
+    return jrnn_runner(shape, data, method="persistent",
+                       precision="bfloat16" if bf16 else "float32")
 
 
 def jrnn_cudnn_runner(shape: Shape, data: dict) -> Runner:
@@ -867,6 +882,9 @@ def run_shape(shape_name: str, args, save: Callable[[dict], None] = lambda res: 
               "jax-cudnn": jax_cudnn_runner,
               "jrnn-pallas": jrnn_pallas_runner,
               "jrnn-pallas-bf16": lambda shape, data: jrnn_pallas_runner(shape, data, bf16=True),
+              "jrnn-persistent": jrnn_persistent_runner,
+              "jrnn-persistent-bf16": lambda shape, data: jrnn_persistent_runner(shape, data,
+                                                                                 bf16=True),
               "jrnn-cudnn": jrnn_cudnn_runner}
     # jrnn as `jrnn train` runs it: the output layer's precision chosen for this machine
     # (jrnn.core.select.output_matmul_dtype); where that is bfloat16, a float32 row as well.

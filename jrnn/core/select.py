@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # Every value ``method=`` accepts, "auto" included.
-METHODS = ("auto", "scan", "associative", "doubling", "pallas", "cudnn")
+METHODS = ("auto", "scan", "associative", "doubling", "pallas", "persistent", "cudnn")
 # Operand precision of the recurrence's matmuls (jrnn.unroll(precision=...)): the state and
 # the accumulation stay float32; "bfloat16" is implemented by method="pallas" (the kernels).
 RECURRENCE_PRECISIONS = ("float32", "bfloat16")

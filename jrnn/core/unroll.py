@@ -9,8 +9,11 @@ running it; *how* is the ``method`` argument:
 * ``"associative"`` / ``"doubling"`` -- a *linear* recurrence in
   ``O(log T)`` depth (:mod:`jrnn.core.parallel`);
 * ``"pallas"`` -- the fused GPU kernels of :mod:`jrnn.core.pallas` (time
-  loop inside one kernel; with ``precision="bfloat16"``, bf16 matmul
-  operands with float32 state);
+  loop inside one Mosaic GPU kernel, float32 state, TF32 matmul operands on
+  a GPU; with ``precision="bfloat16"``, bf16 operands);
+* ``"persistent"`` -- the persistent multi-block kernels of
+  :mod:`jrnn.core.persistent` (``W_h`` split over many thread blocks, a grid
+  barrier per step: Elman and LSTM at larger ``H``; never yet run on a GPU);
 * ``"cudnn"`` -- cuDNN's LSTM through ``jax.experimental.rnn``
   (:mod:`jrnn.core.cudnn`);
 * ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
@@ -43,14 +46,18 @@ Array = jax.Array
 __all__ = ["unroll", "bidirectional", "over_layers", "resolve_method", "kernel_fallback_reason"]
 
 
+# The methods that run the fused GPU kernels (jrnn.core.mosaic, jrnn.core.persistent).
+KERNEL_METHODS = ("pallas", "persistent")
+
+
 def _check_precision(precision: str, method: str) -> str:
     """The recurrence's operand precision: bfloat16 only where a method implements it."""
     if precision not in RECURRENCE_PRECISIONS:
         raise ValueError(f"precision must be one of {list(RECURRENCE_PRECISIONS)}, "
                          f"got {precision!r}")
-    if precision == "bfloat16" and method != "pallas":
-        raise ValueError(f"precision='bfloat16' is implemented by method='pallas' (the fused "
-                         f"kernels) only, got method={method!r}")
+    if precision == "bfloat16" and method not in KERNEL_METHODS:
+        raise ValueError(f"precision='bfloat16' is implemented by method='pallas' and "
+                         f"'persistent' (the fused kernels) only, got method={method!r}")
     return precision
 
 
@@ -125,7 +132,7 @@ def _check_layer(cell: Cell, params, carry, input_size: int, batch: int, where: 
 
 def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
                            custom_vjp: bool = True, traced: bool = False,
-                           precision: str = "float32") -> Optional[str]:
+                           precision: str = "float32", batch: Optional[int] = None) -> Optional[str]:
     """Why ``method`` (a GPU kernel) would run ``cell`` with the scan instead, or ``None``.
 
     Example:
@@ -135,7 +142,7 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
       >>> kernel_fallback_reason(jrnn.elman(64), "pallas", lengths=True)
       'sequences with lengths are not masked in the kernel'
     """
-    if method == "pallas":
+    if method in KERNEL_METHODS:
         if not custom_vjp:
             return "custom_vjp=False asks for autodiff through the scan"
         if cell.affine is not None or cell.parallel is not None:  # no W_h to fuse
@@ -143,6 +150,12 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
                 pallas.Fallback.CELL_KIND,
                 f"no Pallas kernel for {cell.kind!r} cells (method='associative' runs them "
                 "in parallel)")
+        if method == "persistent":
+            from jrnn.core import mosaic, persistent
+
+            return pallas._unavailable(mosaic) or persistent.fallback_reason(
+                cell, lengths=lengths, bf16=precision == "bfloat16",
+                batch=persistent.BLOCK_B if batch is None else int(batch))
         return pallas.fallback_reason(cell, lengths=lengths, bf16=precision == "bfloat16")
     if method == "cudnn":
         return cudnn.fallback_reason(cell, lengths=lengths, traced=traced)
@@ -150,9 +163,10 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
 
 
 def _kernel_or_scan(cell: Cell, method: str, lengths: bool, custom_vjp: bool, *, explicit: bool,
-                    where: str, traced: bool = False, precision: str = "float32") -> str:
+                    where: str, traced: bool = False, precision: str = "float32",
+                    batch: Optional[int] = None) -> str:
     reason = kernel_fallback_reason(cell, method, lengths=lengths, custom_vjp=custom_vjp,
-                                    traced=traced, precision=precision)
+                                    traced=traced, precision=precision, batch=batch)
     if reason is None:
         return method
     if explicit:  # asked for by name: say that it was not used (auto falls back quietly)
@@ -183,6 +197,15 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
     if method == "pallas":
         run = pallas.sequence(cell, bf16=precision == "bfloat16")
         return run(params, xs_proj, carry, reverse=reverse)
+    if method == "persistent":
+        from jrnn.core import persistent
+
+        run = persistent.sequence(cell, bf16=precision == "bfloat16")
+        dt = xs_proj.dtype  # the kernels compute in float32 (as pallas.sequence casts)
+        f32 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
+        final, hs = run(f32(params), f32(xs_proj), f32(carry), reverse=reverse)
+        back = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), t)
+        return back(final), back(hs)
     if lengths is None:
         seq = sequence_for(cell) if custom_vjp else None
         if seq is not None:
@@ -341,7 +364,7 @@ def unroll(
         m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
         m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
                             where=where, traced=isinstance(hs, jax.core.Tracer),
-                            precision=precision)
+                            precision=precision, batch=B)
         return _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp, precision)
 
     finals, hs = over_layers(layer, xs, carries)
@@ -442,7 +465,7 @@ def bidirectional(
             m, k = resolve_method(c, method, scan_unroll, seq_len=T, batch=B)
             m = _kernel_or_scan(c, m, lengths is not None, custom_vjp, explicit=method != "auto",
                                 where=f"layer {i}", traced=isinstance(hs, jax.core.Tracer),
-                                precision=precision)
+                                precision=precision, batch=B)
             final, out = _unroll_one(c, p, hs, c0, lengths, reverse, m, k, custom_vjp, precision)
             outs.append(out)
             layer_finals.append(final)

@@ -136,7 +136,7 @@ class ModelConfig:
     embedding_dropout: float = 0.0
     proj_size: Optional[int] = None  # LSTMP: each layer outputs this many features
     output_precision: str = "auto"
-    recurrence_precision: str = "float32"  # the recurrence's matmul operands (method="pallas")
+    recurrence_precision: str = "float32"  # the recurrence's matmul operands (method="pallas"/"persistent")
     vocab_size: Optional[int] = None  # set by the model built from it
 
     def __post_init__(self):
@@ -158,9 +158,9 @@ class ModelConfig:
         if self.recurrence_precision not in RECURRENCE_PRECISIONS:
             raise ConfigError(f"recurrence_precision must be one of {list(RECURRENCE_PRECISIONS)}, "
                               f"got {self.recurrence_precision!r}")
-        if self.recurrence_precision == "bfloat16" and self.method != "pallas":
+        if self.recurrence_precision == "bfloat16" and self.method not in ("pallas", "persistent"):
             raise ConfigError("recurrence_precision='bfloat16' is implemented by method='pallas' "
-                              f"only, got method={self.method!r}")
+                              f"and 'persistent' only, got method={self.method!r}")
         for name in ("tie_embeddings", "remat", "custom_vjp", "variational"):
             object.__setattr__(self, name, bool(getattr(self, name)))
         if isinstance(self.cell, str):
