@@ -102,7 +102,7 @@ else
   MEDIUM_MAX=$BUDGET
 fi
 # Quick ones first: a part cut off by its limit loses the slowest compiles.
-PEERS=torch,torch-fp16,jax-cudnn,jrnn-cudnn,jrnn-pallas,jrnn-pallas-bf16,jrnn-persistent,jrnn-persistent-bf16,jrnn,flax
+PEERS=torch,torch-f32-full,torch-fp16,jax-cudnn,jrnn-cudnn,jrnn-pallas,jrnn-pallas-bf16,jrnn-persistent,jrnn-persistent-bf16,jrnn,jrnn-f32-full,flax
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 

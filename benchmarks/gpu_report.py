@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Optional
 
 # Column order; jrnn[u=k] columns are added for every unroll factor found.
-FIXED_COLS = [("torch f32", "torch"), ("torch fp16", "torch-fp16"), ("jax cuDNN", "jax-cudnn"),
+FIXED_COLS = [("torch f32 (TF32 allowed)", "torch"), ("torch f32 full", "torch-f32-full"),
+              ("torch fp16", "torch-fp16"), ("jax cuDNN", "jax-cudnn"),
               ("flax", "flax"), ("equinox", "equinox")]
 BASELINE = "torch"
 TARGET_PPL, TARGET_S = 114.5, 30.0
@@ -97,6 +98,7 @@ def _impl_columns(shapes: list[dict]) -> list[tuple[str, str]]:
     cols += [(f"jrnn u={u}", f"jrnn[u={u}]") for u in unrolls]
     cols += [("jrnn Pallas", "jrnn-pallas"), ("jrnn Pallas bf16", "jrnn-pallas-bf16"),
              ("jrnn persistent", "jrnn-persistent"), ("jrnn persistent bf16", "jrnn-persistent-bf16"),
+             ("jrnn f32 full", "jrnn-f32-full"),
              ("jrnn cuDNN", "jrnn-cudnn")]
     return cols
 
@@ -159,6 +161,17 @@ def shape_notes(shapes: list[dict], parts: dict) -> list[str]:
         comp = [f"{r['impl']} {r['compile_s']:.1f}" for r in s.get("rows", []) if "compile_s" in r]
         if comp:
             notes.append("   compile / first step (s): " + ", ".join(comp))
+        # Like with like: what each PyTorch row ran (TF32 settings, cuDNN's algorithm by
+        # PyTorch's own rule) and the precision of the jrnn rows.
+        for r in s.get("rows", []):
+            if "cudnn_algo_forward" in r:
+                notes.append(f"   {r['impl']}: {r.get('dtype')}, cuDNN TF32 "
+                             f"{r.get('cudnn_allow_tf32')}, cuBLAS TF32 "
+                             f"{r.get('matmul_allow_tf32')}, cuDNN algorithm forward "
+                             f"{r['cudnn_algo_forward']} / backward {r['cudnn_algo_backward']}")
+            elif r.get("matmul_precision"):
+                notes.append(f"   {r['impl']}: float32 matmuls at {r['matmul_precision']} "
+                             "precision (no TF32)")
         for r in s.get("rows", []):
             if "error" in r:
                 notes.append(f"   err {r['impl']}: {r['error'][:300]}")
@@ -255,9 +268,15 @@ def _check_lines(check: Optional[dict]) -> list[str]:
     if "check_large" in check:
         out.append(f"   H=768 B16 T16: max abs diff {check['check_large']['max_abs_diff']:.2e}")
     if check.get("backends"):
-        out.append("   jrnn methods vs its scan (values, grads): " + ", ".join(
-            f"{k} {v:.1e}" if isinstance(v, float) else f"{k} FAILED ({v[:120]})"
+        verdicts = check.get("verdicts", {})
+        out.append("   jrnn methods vs its scan (values, grads; checked before any timing): " + ", ".join(
+            (f"{k} {v:.1e}" + (f" {verdicts[k]}" if k in verdicts else ""))
+            if isinstance(v, float) else f"{k} FAILED ({v[:120]})"
             for k, v in check["backends"].items()))
+        failed = [k for k, v in verdicts.items() if v != "ok"]
+        if failed:
+            out.append("   FAILED on this device (their timings below do not count): "
+                       + ", ".join(failed))
     if "emulated" in check:
         out.append(f"   jax-cudnn runner on a CPU emulation of cuDNN (smoke): {check['emulated']}")
     return out

@@ -134,8 +134,8 @@ CPU_DEFAULT = ["zaremba-small", "gru-small", "elman-small", "long-lstm", "long-e
 GPU_DEFAULT = ["zaremba-small", "zaremba-medium", "large-batch", "gru-small", "elman-small",
                "rnn-long", "long-lstm", "long-elman"]
 PEERS = ["jrnn", "flax", "equinox", "torch"]
-OPT_IN_PEERS = ["torch-fp16", "jax-cudnn", "jrnn-pallas", "jrnn-pallas-bf16", "jrnn-persistent",
-                "jrnn-persistent-bf16", "jrnn-cudnn"]
+OPT_IN_PEERS = ["torch-fp16", "torch-f32-full", "jrnn-f32-full", "jax-cudnn", "jrnn-pallas",
+                "jrnn-pallas-bf16", "jrnn-persistent", "jrnn-persistent-bf16", "jrnn-cudnn"]
 
 
 # --------------------------------------------------------------------------
@@ -391,6 +391,24 @@ def jrnn_pallas_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runne
     return jrnn_runner(shape, data, method="pallas", precision="bfloat16" if bf16 else "float32")
 
 
+def jrnn_full_f32_runner(shape: Shape, data: dict) -> Runner:
+    """jrnn's default step with every float32 matmul at full precision
+    (``jax.default_matmul_precision("highest")``: no TF32 on a GPU), beside the default
+    (which lets XLA use TF32 on Hopper), as ``torch-f32-full`` is beside ``torch``."""
+    with jax.default_matmul_precision("highest"):
+        runner = jrnn_runner(shape, data, unroll=8 if _on_gpu() else 1)
+
+    def highest(fn):
+        def wrapped(*a):
+            with jax.default_matmul_precision("highest"):
+                return fn(*a)
+        return wrapped
+
+    return runner._replace(compile=highest(runner.compile), run=highest(runner.run),
+                           extra={**runner.extra, "matmul_precision": "highest"},
+                           forward=runner.forward and highest(runner.forward))
+
+
 def jrnn_persistent_runner(shape: Shape, data: dict, *, bf16: bool = False) -> Runner:
     """jrnn's persistent multi-block kernels (``method="persistent"``: ``W_h`` split over
     thread blocks, a grid barrier per step); n/a with the reason where they do not fit."""
@@ -584,17 +602,63 @@ def equinox_runner(shape: Shape, data: dict) -> Runner:
 # PyTorch.
 
 
+_TORCH_TF32: dict = {}
+
+
+def cudnn_rnn_algorithm(cell: str, hidden: int, input_size: int, layers: int, batch: int,
+                        seq_len: int, half: bool, forward: bool, major: int, minor: int,
+                        sms: int) -> str:
+    """The cuDNN RNN algorithm PyTorch asks for on this shape: its ``get_algo`` rule
+    (``aten/src/ATen/native/cudnn/RNN.cpp``, unpacked input, unidirectional, no
+    projection), restated here so that every timing says what it compared against.
+
+    Example:
+      >>> cudnn_rnn_algorithm("elman", 256, 256, 1, 64, 1024, False, True, 9, 0, 132)
+      'PERSIST_STATIC_SMALL_H'
+      >>> cudnn_rnn_algorithm("lstm", 768, 768, 1, 16, 1024, True, True, 9, 0, 132)
+      'PERSIST_STATIC'
+      >>> cudnn_rnn_algorithm("lstm", 200, 200, 2, 20, 35, False, True, 9, 0, 132)
+      'STANDARD'
+    """
+    if major >= 6:  # PERSIST_STATIC_SMALL_H: small hidden sizes, any dtype but double
+        small = {True: {"elman": 384, "lstm": 192, "gru": 192},
+                 False: {"elman": 256, "lstm": 128, "gru": 128}}[forward][cell]
+        if hidden <= small:
+            return "PERSIST_STATIC_SMALL_H"
+    if half and layers == 1 and hidden <= 1024 and hidden % 128 == 0 and input_size % 128 == 0:
+        if major == 7 and minor != 5:
+            ok = (((batch % 16 == 0 and batch not in (80, 112)) or batch == 8)
+                  and ((seq_len >= 40 and batch <= 128) or (seq_len >= 20 and batch <= 96)
+                       or (seq_len >= 10 and batch <= 32)))
+        elif major >= 8 and sms >= 98 and minor != 6:
+            ok = (cell != "gru" and batch % 8 == 0 and batch <= 128
+                  and (cell == "lstm" or batch < 96 or hidden < 896))
+        else:
+            ok = False
+        if ok:
+            return "PERSIST_STATIC"
+    return "STANDARD"
+
+
 def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None,
-                 half: bool = False) -> Runner:
+                 half: bool = False, full_f32: bool = False) -> Runner:
     """PyTorch ``nn.LSTM`` / ``GRU`` / ``RNN`` (cuDNN on a GPU), float32 or, with
     ``half``, the whole model ``.half()`` (loss in float32, SGD on the fp16
     weights, no grad scaler: the speed of cuDNN's fp16 kernels, persistent
     ones for the LSTM when cuDNN's heuristics allow, not a training recipe)."""
     import torch
 
+    # PyTorch's own TF32 settings, as this process started (cuDNN: allowed by default).
+    defaults = _TORCH_TF32.setdefault("defaults", (torch.backends.cudnn.allow_tf32,
+                                                   torch.backends.cuda.matmul.allow_tf32))
+
     def set_threads():
         if threads:
             torch.set_num_threads(threads)
+        # full_f32: no TF32 in cuDNN or cuBLAS; otherwise PyTorch's defaults (reset each
+        # time: a full-float32 runner earlier in the process must not leak into this one).
+        torch.backends.cudnn.allow_tf32 = defaults[0] and not full_f32
+        torch.backends.cuda.matmul.allow_tf32 = defaults[1] and not full_f32
 
     set_threads()
 
@@ -667,6 +731,11 @@ def torch_runner(shape: Shape, data: dict, threads: Optional[int] = None,
         extra.update(cudnn_version=torch.backends.cudnn.version(),
                      cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
                      matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        props = torch.cuda.get_device_properties(dev)
+        for forward in (True, False):
+            extra["cudnn_algo_" + ("forward" if forward else "backward")] = cudnn_rnn_algorithm(
+                shape.cell, H, H, shape.L, B, shape.T, half, forward, props.major, props.minor,
+                props.multi_processor_count)
     return Runner(compile_, run, sync, lambda: None, extra, forward_only)
 
 
@@ -885,6 +954,8 @@ def run_shape(shape_name: str, args, save: Callable[[dict], None] = lambda res: 
               "jrnn-persistent": jrnn_persistent_runner,
               "jrnn-persistent-bf16": lambda shape, data: jrnn_persistent_runner(shape, data,
                                                                                  bf16=True),
+              "torch-f32-full": lambda shape, data: torch_runner(shape, data, full_f32=True),
+              "jrnn-f32-full": jrnn_full_f32_runner,
               "jrnn-cudnn": jrnn_cudnn_runner}
     # jrnn as `jrnn train` runs it: the output layer's precision chosen for this machine
     # (jrnn.core.select.output_matmul_dtype); where that is bfloat16, a float32 row as well.
