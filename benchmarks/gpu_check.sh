@@ -101,8 +101,9 @@ else
   CELL_LIMIT=60
   MEDIUM_MAX=$BUDGET
 fi
-# Quick ones first: a part cut off by its limit loses the slowest compiles.
-PEERS=torch,torch-f32-full,torch-fp16,jax-cudnn,jrnn-cudnn,jrnn-pallas,jrnn-pallas-bf16,jrnn-persistent,jrnn-persistent-bf16,jrnn,jrnn-f32-full,flax
+# PyTorch and jrnn's default first, then the like-with-like rows (full float32, fp16), the
+# kernels, cuDNN through JAX, Flax: a part cut off by its limit loses the last ones.
+PEERS=torch,jrnn,torch-f32-full,jrnn-f32-full,torch-fp16,jrnn-persistent,jrnn-persistent-bf16,jrnn-pallas,jrnn-pallas-bf16,jax-cudnn,jrnn-cudnn,flax
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 
