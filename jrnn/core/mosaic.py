@@ -105,6 +105,7 @@ Example (GPU interpret mode on a CPU):
 from __future__ import annotations
 
 import functools
+import re
 from typing import Callable, Optional
 
 import jax
@@ -116,9 +117,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jrnn.core.backward import _prev
 from jrnn.core.cells import Cell, gate_size
 from jrnn.core.gates import ACTIVATIONS, LSTMCarry
-from jrnn.core.pallas import (Fallback, FallbackReason, _FOR_GPU, _pad_gates, _pad_rows,
-                              _pad_state, _unpad_gates, compiled_for_gpu)
-from jrnn.core.pallas import cell_reason
+from jrnn.core.kernels import (Fallback, FallbackReason, _pad_gates, _pad_rows, _pad_state,
+                               _unpad_gates, cell_reason, compiled_for_gpu, off_gpu)
 
 try:  # Mosaic GPU's interpret mode (not exported under jax.experimental in jax 0.10.2)
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
@@ -128,7 +128,7 @@ except ImportError:  # pragma: no cover - other JAX versions
 Array = jax.Array
 
 __all__ = ["SMEM_BYTES", "BLOCK_B", "CHUNK", "smem_bytes", "fallback_reason", "supported",
-           "sequence", "compiled_for_gpu"]
+           "unavailable", "sequence", "compiled_for_gpu"]
 
 # Shared memory a kernel may take: H100/H200 give a block at most 227 KiB; a little is left
 # for the barriers and Mosaic GPU's own scratch.  An estimate, not measured on a GPU.
@@ -235,6 +235,31 @@ def fallback_reason(cell: Cell, *, lengths: bool = False,
 def supported(cell: Cell, *, lengths: bool = False, bf16: bool = False) -> bool:
     """Whether :func:`sequence` runs ``cell`` in a Mosaic GPU kernel (see :func:`fallback_reason`)."""
     return fallback_reason(cell, lengths=lengths, bf16=bf16) is None
+
+
+# The kernels are written against Mosaic GPU's API and its GPU interpret mode as of jax
+# 0.10.2 (plgpu.kernel(out_type=..., grid_names=...)): jax 0.7.1 (jrnn's lower bound) has an
+# older plgpu.kernel, jax 0.9.0 no interpret mode, and jax 0.10.0's plgpu.kernel takes
+# out_shape and its interpreter fails on them ("Too many leaves for PyTreeDef"), so
+# method="pallas" runs the scan under those.
+_NEEDS = (0, 10, 2)
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def unavailable() -> Optional[FallbackReason]:
+    """Why this JAX cannot run (or, off a GPU, interpret) the kernels, or ``None``."""
+    if _version(jax.__version__) < _NEEDS:
+        return FallbackReason(Fallback.UNAVAILABLE,
+                              f"this JAX ({jax.__version__}) is older than the kernels' Mosaic "
+                              f"GPU API (jax >= {'.'.join(map(str, _NEEDS))})")
+    if off_gpu() and InterpretGPUParams is None:
+        return FallbackReason(Fallback.UNAVAILABLE,
+                              f"this JAX ({jax.__version__}) has no Mosaic GPU interpret mode to "
+                              "run the kernels off a GPU")
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -533,7 +558,7 @@ def _interpret_params(interpret):
 def _mode(interpret) -> object:
     """``False`` (compile for the GPU) or the interpret params, as :mod:`pallas` picks."""
     if interpret is None:
-        interpret = not (_FOR_GPU["on"] or jax.default_backend() == "gpu")
+        interpret = off_gpu()
     return _interpret_params(interpret) if interpret else False
 
 

@@ -113,9 +113,8 @@ from jrnn.core.cells import Cell, gate_size
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.mosaic import (_ACT_DERIV, _ACT_FN, _SWIZZLE, _mode, _sigmoid, _transforms,
                               compiled_for_gpu)
-from jrnn.core.pallas import (Fallback, FallbackReason, _pad_gates, _pad_rows, _pad_state,
-                              _unpad_gates)
-from jrnn.core.pallas import cell_reason
+from jrnn.core.kernels import (Fallback, FallbackReason, _pad_gates, _pad_rows, _pad_state,
+                               _unpad_gates, cell_reason)
 
 Array = jax.Array
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.core import cudnn, pallas
+from jrnn.core import cudnn, mosaic, pallas, persistent
 from jrnn.core.cells import Cell, sequence_for
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import dropout as drop
@@ -151,9 +151,7 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
                 f"no Pallas kernel for {cell.kind!r} cells (method='associative' runs them "
                 "in parallel)")
         if method == "persistent":
-            from jrnn.core import mosaic, persistent
-
-            return pallas._unavailable(mosaic) or persistent.fallback_reason(
+            return mosaic.unavailable() or persistent.fallback_reason(
                 cell, lengths=lengths, bf16=precision == "bfloat16",
                 batch=persistent.BLOCK_B if batch is None else int(batch))
         return pallas.fallback_reason(cell, lengths=lengths, bf16=precision == "bfloat16")
@@ -198,8 +196,6 @@ def _unroll_one(cell: Cell, params, xs: Array, carry, lengths: Optional[Array], 
         run = pallas.sequence(cell, bf16=precision == "bfloat16")
         return run(params, xs_proj, carry, reverse=reverse)
     if method == "persistent":
-        from jrnn.core import persistent
-
         run = persistent.sequence(cell, bf16=precision == "bfloat16")
         dt = xs_proj.dtype  # the kernels compute in float32 (as pallas.sequence casts)
         f32 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
