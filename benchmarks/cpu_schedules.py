@@ -13,6 +13,9 @@ Variants (each a fresh process, since XLA's host device count is fixed at start-
   devices (``--xla_force_host_platform_device_count=2``; half the batch each, the
   gradients summed): the recurrence of the two halves runs on two threads at once,
   which is the schedule that keeps both cores busy on the per-step matmuls;
+* ``jrnn-f32-wavefront`` / ``jrnn-bf16-wavefront``: the same step with the LSTM stack run
+  as a wavefront (``method="wavefront"``, :mod:`jrnn.core.wavefront`): layer 2 at time
+  t - 1 beside layer 1 at time t, two independent matmuls per scan step;
 * ``torch``: PyTorch ``nn.LSTM`` + linear + cross-entropy with 2 threads;
 * ``flax``: Flax linen's ``OptimizedLSTMCell`` under ``nn.scan`` (``benchmarks/peers.py``).
 
@@ -34,7 +37,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("jrnn-f32", "jrnn-bf16", "jrnn-f32-dp2", "jrnn-bf16-dp2", "torch", "flax")
+VARIANTS = ("jrnn-f32", "jrnn-bf16", "jrnn-f32-dp2", "jrnn-bf16-dp2", "jrnn-f32-wavefront",
+            "jrnn-bf16-wavefront", "torch", "flax")
 
 
 def child(variant: str, shape_name: str, out: str) -> None:
@@ -56,7 +60,8 @@ def child(variant: str, shape_name: str, out: str) -> None:
     elif variant.endswith("-dp2"):
         runner = _data_parallel_runner(peers, shape, data, precision)
     else:
-        runner = peers.jrnn_runner(shape, data, output_precision=precision)
+        method = "wavefront" if variant.endswith("-wavefront") else "scan"
+        runner = peers.jrnn_runner(shape, data, output_precision=precision, method=method)
     compile_s = runner.compile()
     t = peers.time_steps(runner.run, runner.sync, warmup=3, reps=5, rep_seconds=0.5)
     with open(out, "w") as f:

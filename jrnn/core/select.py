@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 # Every value ``method=`` accepts, "auto" included.
-METHODS = ("auto", "scan", "associative", "doubling", "pallas", "persistent", "cudnn")
+METHODS = ("auto", "scan", "associative", "doubling", "pallas", "persistent", "cudnn",
+           "wavefront")
 # Operand precision of the recurrence's matmuls (jrnn.unroll(precision=...)): the state and
 # the accumulation stay float32; "bfloat16" is implemented by method="pallas" (the kernels).
 RECURRENCE_PRECISIONS = ("float32", "bfloat16")
@@ -80,6 +81,10 @@ RULES: tuple[Rule, ...] = (
         "(benchmarks/cell_speed.py, benchmarks/RESULTS.md 2026-12-06); the minGRU, minLSTM and "
         "RG-LRU's associative scans ranged from 18 % faster to 12 % slower than their sequential "
         "scans there (no consistent gain), so they keep the scan")),
+    # A stack of LSTM layers as a wavefront (method="wavefront", jrnn/core/wavefront.py) is not
+    # picked: the Zaremba-small step took 84.5 ms against 80.6 layered (bf16 output layer),
+    # 107.3 against 108.5 in float32, on the 2-core Zen 4 (benchmarks/cpu_schedules.py,
+    # benchmarks/RESULTS.md 2026-12-06) -- within the spread.
     Rule("cpu", "*", "*", Choice(
         "scan", 1,
         "2-core CPU, Zaremba-small step: unroll 1/2/4/8 within 7 % of each other with the "

@@ -14,6 +14,9 @@ running it; *how* is the ``method`` argument:
 * ``"persistent"`` -- the persistent multi-block kernels of
   :mod:`jrnn.core.persistent` (``W_h`` split over many thread blocks, a grid
   barrier per step: Elman and LSTM at larger ``H``; never yet run on a GPU);
+* ``"wavefront"`` -- a stack of plain LSTM layers as one scan in which layer
+  ``l`` handles time ``t - l`` (:mod:`jrnn.core.wavefront`, hand-written
+  backward pass): the layers' per-step matmuls are independent;
 * ``"cudnn"`` -- cuDNN's LSTM through ``jax.experimental.rnn``
   (:mod:`jrnn.core.cudnn`);
 * ``"auto"`` (default) -- whatever :func:`jrnn.core.select.choose_method`
@@ -32,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.core import cudnn, mosaic, pallas, persistent
+from jrnn.core import cudnn, mosaic, pallas, persistent, wavefront
 from jrnn.core.cells import Cell, sequence_for
 from jrnn.core.gates import LSTMCarry
 from jrnn.core.masking import dropout as drop
@@ -83,6 +86,8 @@ def resolve_method(cell: Cell, method: str, scan_unroll, *, seq_len: int, batch:
     auto = method == "auto"
     if auto:
         method = choice.method
+    if method == "wavefront":  # a schedule of a whole stack (wavefront_reason): one layer scans
+        method = "scan"
     runs = has_parallel_form(cell) if method == "associative" else is_linear(cell)
     if auto and method in ("associative", "doubling") and not runs:
         method = "scan"  # e.g. a probed or remat'ed mLSTM: its step was replaced, its parallel form dropped
@@ -157,6 +162,39 @@ def kernel_fallback_reason(cell: Cell, method: str, *, lengths: bool = False,
         return pallas.fallback_reason(cell, lengths=lengths, bf16=precision == "bfloat16")
     if method == "cudnn":
         return cudnn.fallback_reason(cell, lengths=lengths, traced=traced)
+    return None
+
+
+def wavefront_reason(cells, *, lengths: bool = False, reverse: bool = False,
+                     dropout: bool = False, custom_vjp: bool = True) -> Optional[str]:
+    """Why ``method="wavefront"`` would run ``cells`` layer by layer, or ``None``.
+
+    The wavefront (:mod:`jrnn.core.wavefront`) runs a stack of at least two plain LSTM
+    layers of one width, without lengths, reversal or dropout between layers, with its
+    hand-written backward pass.
+
+    Example:
+      >>> import jrnn
+      >>> wavefront_reason([jrnn.lstm(8), jrnn.lstm(8)]) is None
+      True
+      >>> wavefront_reason([jrnn.lstm(8), jrnn.gru(8)])
+      'the wavefront runs stacks of plain LSTM layers (got lstm, gru)'
+    """
+    cells = list(cells) if not isinstance(cells, Cell) else [cells]
+    if len(cells) < 2:
+        return "a single layer has no wavefront (it is the scan)"
+    plain = all(c.kind == "lstm" and c.cell_size is None and c.sequence_step is c.step
+                for c in cells)
+    if not plain:
+        return ("the wavefront runs stacks of plain LSTM layers (got "
+                + ", ".join(c.kind for c in cells) + ")")
+    if len({c.hidden_size for c in cells}) > 1:
+        return "the wavefront runs layers of one width"
+    for flag, what in ((lengths, "sequences with lengths"), (reverse, "reverse"),
+                       (dropout, "dropout between layers"),
+                       (not custom_vjp, "custom_vjp=False (autodiff)")):
+        if flag:
+            return f"{what}: the wavefront has no such case"
     return None
 
 
@@ -303,8 +341,9 @@ def unroll(
         only: ``jrnn.linear``, ``elman`` with ``"identity"``,
         ``jrnn.parallel.diagonal``; and ``"associative"`` for ``jrnn.mingru``,
         ``jrnn.minlstm``, ``jrnn.rglru``, and for ``jrnn.mlstm`` its quadratic
-        parallel form), ``"pallas"``, ``"cudnn"`` (see the
-        module doc), or ``"auto"``: the choice of
+        parallel form), ``"pallas"``, ``"persistent"``, ``"cudnn"``,
+        ``"wavefront"`` (a stack of plain LSTM layers as one wavefront scan,
+        :mod:`jrnn.core.wavefront`; see the module doc), or ``"auto"``: the choice of
         :func:`jrnn.core.select.choose_method` for the cell, shape and backend.
       precision: the recurrence's matmul operands, ``"float32"`` or
         ``"bfloat16"`` (state and accumulation stay float32; implemented by
@@ -350,6 +389,24 @@ def unroll(
     xs, lengths, dropout, layer_keys = _prepare(
         xs, params_list[0]["W"].shape[0], time_major, lengths, dropout, key, len(cells))
     T, B, _ = xs.shape
+    if method == "wavefront":
+        why = wavefront_reason(cells, lengths=lengths is not None, reverse=reverse,
+                               dropout=layer_keys is not None, custom_vjp=custom_vjp)
+        if why is None:
+            for i, (c, p, c0) in enumerate(zip(cells, params_list, carries)):
+                carries[i] = _check_layer(c, p, c0, xs.shape[-1] if i == 0 else c.hidden_size, B,
+                                          f"layer {i}")
+            carries = [c.initial_carry((B,), xs.dtype) if c0 is None else c0
+                       for c, c0 in zip(cells, carries)]
+            run = wavefront.lstm_stack(cells[0].hidden_size, len(cells))
+            finals, hs = run(params_list, cells[0].project(params_list[0], xs), carries,
+                             unroll=1 if scan_unroll is None else scan_unroll,
+                             stack_weights=False)
+            if not time_major:
+                hs = jnp.swapaxes(hs, 0, 1)
+            return finals, hs
+        warnings.warn(f"method='wavefront' runs the stack layer by layer instead: {why}",
+                      RuntimeWarning, stacklevel=2)
 
     def layer(i, hs, c0):
         c, p = cells[i], params_list[i]
