@@ -287,7 +287,7 @@ def verdict(name: str, value) -> str:
     return "ok" if value <= tol else f"FAILED (max abs diff {value:.2e} > {tol:.0e})"
 
 
-def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40) -> dict:
+def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40, on_result=None) -> dict:
     """jrnn's GPU methods against its own scan, values and gradients: ``{name: max abs diff}``.
 
     ``pallas`` for every cell (compiled on a GPU, interpret mode elsewhere),
@@ -330,6 +330,8 @@ def check_backends(T: int = 9, B: int = 20, D: int = 12, H: int = 40) -> dict:
                                                            jax.tree_util.tree_leaves(want)))
         except Exception as e:  # noqa: BLE001
             out[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        if on_result is not None:  # e.g. save: a case that hangs on the card keeps the others
+            on_result(dict(out))
     return out
 
 
@@ -358,7 +360,14 @@ def main(argv=None) -> int:
         traceback.print_exc()
         res["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
         print(f"check failed: {res['error']}")
-    res["backends"] = check_backends()
+    def save(backends: dict) -> None:
+        res["backends"] = backends
+        res["verdicts"] = {k: verdict(k, v) for k, v in backends.items()}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(res, indent=1))
+
+    res["backends"] = check_backends(on_result=save)
     res["verdicts"] = {k: verdict(k, v) for k, v in res["backends"].items()}
     for k, v in res["backends"].items():
         print(f"  jrnn method {k} vs scan: {v if isinstance(v, str) else format(v, '.2e')} "
