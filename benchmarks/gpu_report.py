@@ -341,9 +341,13 @@ def main(argv=None) -> int:
                       "t/o: its part hit its time limit first, -: not run.",
                   "jrnn u=k: hand-written backward passes (jrnn.core.backward), lax.scan unroll k; "
                   "jrnn autodiff: custom_vjp=False; torch fp16: .half() model, loss in f32; "
-                  "jax cuDNN: jax.experimental.rnn.lstm, f32; every f32 column runs at its "
-                  "library's default precision (cuDNN and XLA may use TF32 on this GPU); "
-                  "jrnn Pallas: fused kernels (jrnn.core.pallas; bf16: bf16 matmul operands, f32 state); "
+                  "jax cuDNN: jax.experimental.rnn.lstm, f32; the f32 columns run at their "
+                  "library's default precision (PyTorch's cuDNN allows TF32, XLA may use it) "
+                  "except the 'f32 full' ones (PyTorch allow_tf32=False, jrnn "
+                  "default_matmul_precision('highest')); "
+                  "jrnn Pallas: one-block Mosaic GPU kernels (jrnn.core.mosaic; TF32 operands, "
+                  "bf16: bf16 operands, f32 state); jrnn persistent: multi-block kernels with a "
+                  "grid barrier (jrnn.core.persistent); "
                   "jrnn cuDNN: method=\"cudnn\" (jax.experimental.rnn with jrnn's params).", ""]
         lines += shape_notes(shapes, status)
     else:
