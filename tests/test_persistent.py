@@ -146,3 +146,18 @@ def test_budget_and_fallback_reasons():
     with pytest.raises(TypeError, match="float32"):
         run(cell.init(jax.random.PRNGKey(0), 3), jnp.zeros((2, 2, 8), jnp.bfloat16),
             cell.initial_carry((2,)))
+
+
+def test_no_steps_pass_the_carry_through():
+    """T = 0: no kernel runs; the carry comes back unchanged and its gradient passes through."""
+    for cell in (jrnn.elman(8), jrnn.lstm(8)):
+        params = cell.init(jax.random.PRNGKey(0), 4)
+        carry = jax.tree_util.tree_map(lambda a: a + 0.5, cell.initial_carry((3,)))
+        final, hs = jrnn.unroll(cell, params, jnp.ones((0, 3, 4)), carry, method="persistent")
+        assert hs.shape == (0, 3, 8)
+        for a, b in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(carry)):
+            np.testing.assert_array_equal(a, b)
+        g = jax.grad(lambda c: sum(jnp.sum(l) for l in jax.tree_util.tree_leaves(
+            jrnn.unroll(cell, params, jnp.ones((0, 3, 4)), c, method="persistent")[0])))(carry)
+        for l in jax.tree_util.tree_leaves(g):
+            np.testing.assert_array_equal(l, 1.0)

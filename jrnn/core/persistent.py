@@ -761,8 +761,8 @@ def _run(kind: str, act, H: int, nu: int, reverse: bool, bf16: bool, mode) -> Ca
         return (h, cs[last, :B, :H]) if lstm else h
 
     def primal(W_h, xs, h0, c0):
-        if xs.shape[0] == 0:
-            return ((h0, c0) if lstm else h0), xs[..., :H], None
+        if xs.shape[0] == 0:  # no steps: the carry passes through, no kernel
+            return (((h0, c0) if lstm else h0), xs[..., :H]), None
         res = forward(W_h, xs, h0, c0)
         B = h0.shape[0]
         return (finals(res[0], res[1] if lstm else None, B), res[0][:, :B, :H]), res
