@@ -60,3 +60,28 @@ def assert_grad_matches_finite_differences(loss, loss_ref, args, *, directions: 
         numeric = (loss_ref(plus) - loss_ref(minus)) / (2 * eps)
         analytic = sum(np.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(grad), v))
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def kernel_case(kind, H, B, T, D=5, act=None):
+    """A float32 layer for the GPU kernels' tests: ``(cell, params, xs, carry, w)`` with
+    non-zero biases (padded units would show if they leaked), a non-zero start carry and
+    output weights ``w``."""
+    cell = jrnn.make_cell(kind, H, activation=act) if act else jrnn.make_cell(kind, H)
+    params = cell.init(jax.random.PRNGKey(0), D, jnp.float32)
+    for name in ("b", "b_h"):
+        if name in params:
+            params[name] = 0.1 * jax.random.normal(jax.random.PRNGKey(5), params[name].shape,
+                                                   jnp.float32)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (T, B, D), jnp.float32)
+    carry = jax.tree_util.tree_map(lambda c: c + 0.3, cell.initial_carry((B,), jnp.float32))
+    w = jax.random.normal(jax.random.PRNGKey(2), (T, B, H), jnp.float32)
+    return cell, params, xs, carry, w
+
+
+def kernel_loss(layer, w):
+    """``loss(params, xs, carry) -> (sum(hs * w) + |final|^2, (final, hs))`` of ``layer``."""
+    def loss(params, xs, carry):
+        final, hs = layer(params, xs, carry)
+        return (jnp.sum(hs * w)
+                + sum(jnp.sum(l * l) for l in jax.tree_util.tree_leaves(final))), (final, hs)
+    return loss

@@ -24,27 +24,11 @@ from jax import export as jax_export
 import jrnn
 from jrnn.core import mosaic
 from jrnn.core.pallas import Fallback
+from tests.helpers import kernel_case, kernel_loss
 
 
-def _setup(kind, H, B, T, D=5, act=None):
-    cell = jrnn.make_cell(kind, H, activation=act) if act else jrnn.make_cell(kind, H)
-    params = cell.init(jax.random.PRNGKey(0), D, jnp.float32)
-    for name in ("b", "b_h"):  # non-zero biases: padded units would show if they leaked
-        if name in params:
-            params[name] = 0.1 * jax.random.normal(jax.random.PRNGKey(5), params[name].shape,
-                                                   jnp.float32)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (T, B, D), jnp.float32)
-    carry = jax.tree_util.tree_map(lambda c: c + 0.3, cell.initial_carry((B,), jnp.float32))
-    w = jax.random.normal(jax.random.PRNGKey(2), (T, B, H), jnp.float32)
-    return cell, params, xs, carry, w
-
-
-def _loss(layer, w):
-    def loss(params, xs, carry):
-        final, hs = layer(params, xs, carry)
-        return (jnp.sum(hs * w)
-                + sum(jnp.sum(l * l) for l in jax.tree_util.tree_leaves(final))), (final, hs)
-    return loss
+_setup = kernel_case
+_loss = kernel_loss
 
 
 def _kernel_layer(cell, reverse, bf16=False):

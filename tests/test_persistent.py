@@ -25,25 +25,11 @@ from jax import export as jax_export
 import jrnn
 from jrnn.core import persistent
 from jrnn.core.pallas import Fallback
+from tests.helpers import kernel_case, kernel_loss
 
 
-def _setup(kind, H, B, T, D=5):
-    cell = jrnn.make_cell(kind, H)
-    params = cell.init(jax.random.PRNGKey(0), D, jnp.float32)
-    params["b"] = 0.1 * jax.random.normal(jax.random.PRNGKey(5), params["b"].shape,
-                                         jnp.float32)
-    xs = jax.random.normal(jax.random.PRNGKey(1), (T, B, D), jnp.float32)
-    carry = jax.tree_util.tree_map(lambda c: c + 0.3, cell.initial_carry((B,), jnp.float32))
-    w = jax.random.normal(jax.random.PRNGKey(2), (T, B, H), jnp.float32)
-    return cell, params, xs, carry, w
-
-
-def _loss(layer, w):
-    def loss(params, xs, carry):
-        final, hs = layer(params, xs, carry)
-        return (jnp.sum(hs * w)
-                + sum(jnp.sum(l * l) for l in jax.tree_util.tree_leaves(final))), (final, hs)
-    return loss
+_setup = kernel_case
+_loss = kernel_loss
 
 
 def _kernel_layer(cell, reverse, blocks, bf16=False):

@@ -111,8 +111,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jrnn.core.backward import _prev
 from jrnn.core.cells import Cell, gate_size
 from jrnn.core.gates import LSTMCarry
-from jrnn.core.mosaic import (_ACT_DERIV, _ACT_FN, _SWIZZLE, _mode, _sigmoid, _transforms,
-                              compiled_for_gpu)
+from jrnn.core.mosaic import (BLOCK_B, SMEM_BYTES, _ACT_DERIV, _ACT_FN, _SWIZZLE, _mode,
+                              _sigmoid, _transforms, compiled_for_gpu)
 from jrnn.core.kernels import (Fallback, FallbackReason, _pad_gates, _pad_rows, _pad_state,
                                _unpad_gates, cell_reason)
 
@@ -121,11 +121,9 @@ Array = jax.Array
 __all__ = ["SMEM_BYTES", "NUM_SMS", "BLOCK_B", "smem_bytes", "plan", "fallback_reason",
            "supported", "sequence", "compiled_for_gpu"]
 
-# Shared memory a block may take (H100/H200: 227 KiB, some left for barriers and Mosaic
-# GPU's scratch) and the SMs of an H100 SXM: all blocks of a grid barrier must be resident.
-SMEM_BYTES = 220 * 1024
+# Shared memory a block may take and the batch rows of a block are jrnn.core.mosaic's
+# (SMEM_BYTES, BLOCK_B); the SMs of an H100 SXM: all blocks of a grid barrier must be resident.
 NUM_SMS = 132
-BLOCK_B = 64
 KC = 64  # columns of the h / dz operand per chunk (wgmma K per step of the chunk loop)
 _GATES = {"elman": 1, "lstm": 4}
 _BWD_INPUTS = {"elman": 2, "lstm": 7}
@@ -421,6 +419,27 @@ def _semaphores(nb: int, sync: bool):
 # the persistent kernels run only with one block a group.
 
 
+def _staged(s, *, T, nbuf, tt, src, buf, bars, bar0, ub, work):
+    """One step of a persistent loop over staged per-step inputs: wait for step ``s``'s rows
+    (slot ``s % nbuf`` of ``buf``, barrier ``bar0 + slot``), run ``work(slot)``, and have
+    the TMA fetch step ``s + 1``'s rows of ``src`` -- into the other slot before the work
+    when there are two, into the only one after the work has read it otherwise."""
+    slot = (s % nbuf if isinstance(s, int) else lax.rem(s, nbuf)) if nbuf > 1 else 0
+    plgpu.barrier_wait(bars.at[bar0 + slot])
+
+    def fetch(dst):
+        @_when(s + 1 < T)
+        def _():
+            plgpu.copy_gmem_to_smem(src.at[tt(s + 1), ub, lax.axis_index("b")], buf.at[dst],
+                                    bars.at[bar0 + dst])
+
+    if nbuf > 1:  # the other buffer is free: prefetch the next step now
+        fetch(1 - slot)
+    work(slot)
+    if nbuf == 1:
+        fetch(0)
+
+
 def _fwd_persistent(*refs, geo, T, nb, reverse, nbuf, sync):
     """xs [T, nu, G, Bp, U], w [nu, G, ...], h0 [Bp, Hp], (c0) -> hs [T, Bp, Hp],
     (cs [T, Bp, Hp], acts [T, Bp, 4 Hp])."""
@@ -444,19 +463,8 @@ def _fwd_persistent(*refs, geo, T, nb, reverse, nbuf, sync):
 
         def step(s, h_src):
             t = tt(s)
-            slot = (s % nbuf if isinstance(s, int) else lax.rem(s, nbuf)) if nbuf > 1 else 0
-            plgpu.barrier_wait(bars.at[2 + slot])
-            if nbuf > 1:  # the other buffer is free: prefetch the next step now
-                @_when(s + 1 < T)
-                def _():
-                    plgpu.copy_gmem_to_smem(xs_ref.at[tt(s + 1), ub, lax.axis_index("b")],
-                                            x_smem.at[1 - slot], bars.at[3 - slot])
-            geo.fwd_step(h_src, x_smem, slot, c_smem, t, outs)
-            if nbuf == 1:
-                @_when(s + 1 < T)
-                def _():
-                    plgpu.copy_gmem_to_smem(xs_ref.at[tt(s + 1), ub, lax.axis_index("b")],
-                                            x_smem.at[0], bars.at[2])
+            _staged(s, T=T, nbuf=nbuf, tt=tt, src=xs_ref, buf=x_smem, bars=bars, bar0=2, ub=ub,
+                    work=lambda slot: geo.fwd_step(h_src, x_smem, slot, c_smem, t, outs))
             if sync:
                 _barrier(sem, s + 1, geo.nu)
 
@@ -539,19 +547,8 @@ def _bwd_persistent(*refs, geo, T, nb, reverse, nbuf, sync):
 
         def step(s, dh):
             t = tt(s)
-            slot = (s % nbuf if isinstance(s, int) else lax.rem(s, nbuf)) if nbuf > 1 else 0
-            plgpu.barrier_wait(bars.at[3 + slot])
-            if nbuf > 1:
-                @_when(s + 1 < T)
-                def _():
-                    plgpu.copy_gmem_to_smem(seq_ref.at[tt(s + 1), ub, lax.axis_index("b")],
-                                            in_smem.at[1 - slot], bars.at[4 - slot])
-            geo.bwd_local(dh, in_smem, slot, dc_smem, t, dz_ref)
-            if nbuf == 1:
-                @_when(s + 1 < T)
-                def _():
-                    plgpu.copy_gmem_to_smem(seq_ref.at[tt(s + 1), ub, lax.axis_index("b")],
-                                            in_smem.at[0], bars.at[3])
+            _staged(s, T=T, nbuf=nbuf, tt=tt, src=seq_ref, buf=in_smem, bars=bars, bar0=3, ub=ub,
+                    work=lambda slot: geo.bwd_local(dh, in_smem, slot, dc_smem, t, dz_ref))
             if sync:
                 _barrier(sem, s + 1, geo.nu)
 
