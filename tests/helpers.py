@@ -85,3 +85,21 @@ def kernel_loss(layer, w):
         return (jnp.sum(hs * w)
                 + sum(jnp.sum(l * l) for l in jax.tree_util.tree_leaves(final))), (final, hs)
     return loss
+
+
+def assert_kernel_equals_scan(kernel_layer, scan_layer, params, xs, carry, w, tol=2e-4):
+    """A kernel layer and the scan: the outputs, the final carry and every gradient (params,
+    xs, carry) of :func:`kernel_loss`, jitted, equal to ``tol`` (float32 in the kernels)."""
+    grad, want_grad = (jax.jit(jax.value_and_grad(kernel_loss(layer, w), argnums=(0, 1, 2),
+                                                  has_aux=True))
+                       for layer in (kernel_layer, scan_layer))
+    (_, (final, hs)), grads = grad(params, xs, carry)
+    (_, (want_final, want_hs)), want_grads = want_grad(params, xs, carry)
+    tol = dict(rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(hs), np.asarray(want_hs), **tol)
+    for got, want in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(want_final)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+    # d params (W_h, W_x, b, b_h), d xs, d carry: dz, dh0 (dc0) and dW_h from the kernels
+    assert set(grads[0]) == set(want_grads[0])
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)

@@ -17,18 +17,16 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax import export as jax_export
 
 import jrnn
 from jrnn.core import mosaic
 from jrnn.core.pallas import Fallback
-from tests.helpers import kernel_case, kernel_loss
+from tests.helpers import assert_kernel_equals_scan, kernel_case
 
 
 _setup = kernel_case
-_loss = kernel_loss
 
 
 def _kernel_layer(cell, reverse, bf16=False):
@@ -52,19 +50,8 @@ CASES = [("elman", "tanh", 40, 20, 4, False), ("lstm", None, 40, 20, 3, True),
 @pytest.mark.parametrize("kind,act,H,B,T,reverse", CASES)
 def test_interpreted_kernels_equal_the_scan(kind, act, H, B, T, reverse):
     cell, params, xs, carry, w = _setup(kind, H, B, T, act=act)
-    grad, want_grad = (jax.jit(jax.value_and_grad(_loss(layer(cell, reverse), w),
-                                                  argnums=(0, 1, 2), has_aux=True))
-                       for layer in (_kernel_layer, _scan_layer))
-    (_, (final, hs)), grads = grad(params, xs, carry)
-    (_, (want_final, want_hs)), want_grads = want_grad(params, xs, carry)
-    tol = dict(rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(np.asarray(hs), np.asarray(want_hs), **tol)
-    for got, want in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(want_final)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
-    # d params (W_h, W_x, b, b_h), d xs, d carry: dz, dh0 (dc0) and dW_h from the kernel
-    assert set(grads[0]) == set(want_grads[0])
-    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+    assert_kernel_equals_scan(_kernel_layer(cell, reverse), _scan_layer(cell, reverse), params,
+                              xs, carry, w)
 
 
 def test_interpreted_bf16_matmuls_stay_close_to_float32():

@@ -25,11 +25,10 @@ from jax import export as jax_export
 import jrnn
 from jrnn.core import persistent
 from jrnn.core.pallas import Fallback
-from tests.helpers import kernel_case, kernel_loss
+from tests.helpers import assert_kernel_equals_scan, kernel_case
 
 
 _setup = kernel_case
-_loss = kernel_loss
 
 
 def _kernel_layer(cell, reverse, blocks, bf16=False):
@@ -55,20 +54,8 @@ CASES = [("elman", 128, 20, 2, False, 2), ("lstm", 32, 20, 2, True, 4),
 @pytest.mark.parametrize("kind,H,B,T,reverse,blocks", CASES)
 def test_interpreted_kernels_equal_the_scan(kind, H, B, T, reverse, blocks):
     cell, params, xs, carry, w = _setup(kind, H, B, T)
-    grad, want_grad = (jax.jit(jax.value_and_grad(_loss(layer, w), argnums=(0, 1, 2),
-                                                  has_aux=True))
-                       for layer in (_kernel_layer(cell, reverse, blocks),
-                                     _scan_layer(cell, reverse)))
-    (_, (final, hs)), grads = grad(params, xs, carry)
-    (_, (want_final, want_hs)), want_grads = want_grad(params, xs, carry)
-    tol = dict(rtol=2e-4, atol=2e-4)
-    np.testing.assert_allclose(np.asarray(hs), np.asarray(want_hs), **tol)
-    for got, want in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(want_final)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
-    # d params (W_h, W_x, b), d xs, d carry: dz, dh0 (dc0) and dW_h from the kernels
-    assert set(grads[0]) == set(want_grads[0])
-    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+    assert_kernel_equals_scan(_kernel_layer(cell, reverse, blocks), _scan_layer(cell, reverse),
+                              params, xs, carry, w)
 
 
 def test_interpreted_bf16_operands_stay_close():
