@@ -1,5 +1,8 @@
 """Small shared helpers for the tests."""
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ import numpy as np
 import jrnn
 
 KINDS = ["linear", "elman", "lstm", "gru"]
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 ELMAN_ACTS = ["tanh", "sigmoid", "relu", "identity"]
 
 
@@ -103,3 +107,11 @@ def assert_kernel_equals_scan(kernel_layer, scan_layer, params, xs, carry, w, to
     assert set(grads[0]) == set(want_grads[0])
     for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,8 +1,6 @@
 """train_task's optimizer and chrono T_max choices, and the chrono copy study (benchmarks/chrono_copy.py)."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +9,11 @@ import optax
 import pytest
 
 from jrnn.analysis import tasks
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers import load_benchmark
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location("chrono_copy", ROOT / "benchmarks" / "chrono_copy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("chrono_copy")
 
 
 def test_rmsprop_is_torchs_form_with_a_moving_average_of_0_9():

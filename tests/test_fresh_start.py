@@ -1,9 +1,7 @@
 """benchmarks/fresh_start.py: per-stream scores from the zero and a warm carry, and first-word locks."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,18 +11,9 @@ import pytest
 import jrnn
 from jrnn.cli import main as cli
 from jrnn.training.loop import evaluate
+from tests.helpers import load_benchmark
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("fresh_start", ROOT / "benchmarks" / "fresh_start.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fresh = _script()
+fresh = load_benchmark("fresh_start")
 
 
 def _latch_model():
