@@ -22,7 +22,8 @@ __all__ = ["gradient_flow_figure", "decay_figure", "training_figure", "sweep_fig
            "loss_curves_figure", "task_gradients_figure", "learning_curve_figure"]
 
 _COLORS = {"linear": "tab:gray", "tanh": "tab:blue", "sigmoid": "tab:orange", "relu": "tab:red",
-           "lstm": "tab:green", "gru": "tab:purple", "lru": "tab:brown"}
+           "lstm": "tab:green", "gru": "tab:purple", "lru": "tab:brown", "mingru": "tab:pink",
+           "minlstm": "tab:olive", "rglru": "tab:cyan", "slstm": "navy", "mlstm": "magenta"}
 
 
 def _subplots(ncols: int = 1, figsize=(7, 4.4)):
