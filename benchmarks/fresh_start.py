@@ -144,6 +144,10 @@ def main(argv=None) -> int:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.sample < 0:
         p.error("--warmup and --sample must be 0 or more")
+    if not math.isfinite(args.threshold):
+        p.error(f"--threshold must be a finite number of nats, not {args.threshold}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        p.error(f"--json {args.json}: its folder does not exist")
 
     try:
         model, params, vocab, meta = load_for_inference(args.checkpoint)
@@ -193,14 +197,18 @@ def main(argv=None) -> int:
               f"{len(tried) * args.batch_size} (word, stream) pairs; {len(locks)} of {len(tried)} "
               f"words lock at least one stream{': ' if locks else ''}{shown}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        text = json.dumps({
             "checkpoint": args.checkpoint, "split": args.split, "batch_size": args.batch_size,
             "bptt": args.bptt, "warmup": args.warmup, "threshold": args.threshold,
             "first_words": [word(w) for w in streams[:, 0]],
             "zero_carry_nll": cold["nll"].tolist(), "warm_carry_nll": warm["nll"].tolist(),
             "top_h_std": cold["h_std"].tolist(),
             "ppl_zero_carry": ppl(cold), "ppl_warm_carry": ppl(warm),
-            "sampled": len(tried), "locks": locks}, indent=1))
+            "sampled": len(tried), "locks": locks}, indent=1)
+        try:
+            Path(args.json).write_text(text)
+        except OSError as e:
+            p.error(f"--json {args.json}: cannot write it ({e.strerror or e})")
     return 0
 
 

@@ -91,5 +91,9 @@ def test_the_script_runs_on_a_trained_run(tmp_path, capsys):
     reported = float(capsys.readouterr().out.split("perplexity ")[1].split()[0])
     assert saved["ppl_zero_carry"] == pytest.approx(reported, abs=0.006)  # eval prints 2 decimals
     assert "from the warm carry" in text
-    with pytest.raises(SystemExit):
-        fresh.main([str(run), "--data", str(tmp_path / "nothing-here")])
+    for bad in (["--data", str(tmp_path / "nothing-here")],
+                ["--data", str(tmp_path), "--threshold", "nan"],
+                ["--data", str(tmp_path), "--json", str(tmp_path / "no-dir" / "f.json")]):
+        with pytest.raises(SystemExit) as e:
+            fresh.main([str(run), *bad])
+        assert e.value.code == 2
