@@ -82,6 +82,15 @@ def kernel_case(kind, H, B, T, D=5, act=None):
     return cell, params, xs, carry, w
 
 
+def scan_layer(cell, reverse):
+    """``layer(params, xs, carry) -> (final, hs)`` by ``jrnn.unroll``'s scan: the reference
+    the kernels are compared with; ``reverse`` runs the flipped sequence and flips ``hs`` back."""
+    def layer(p, x, c):
+        final, hs = jrnn.unroll(cell, p, x[::-1] if reverse else x, c, method="scan")
+        return final, (hs[::-1] if reverse else hs)
+    return layer
+
+
 def kernel_loss(layer, w):
     """``loss(params, xs, carry) -> (sum(hs * w) + |final|^2, (final, hs))`` of ``layer``."""
     def loss(params, xs, carry):

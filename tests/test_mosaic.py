@@ -23,7 +23,7 @@ from jax import export as jax_export
 import jrnn
 from jrnn.core import mosaic
 from jrnn.core.pallas import Fallback
-from tests.helpers import assert_kernel_equals_scan, kernel_case
+from tests.helpers import assert_kernel_equals_scan, kernel_case, scan_layer
 
 
 _setup = kernel_case
@@ -32,13 +32,6 @@ _setup = kernel_case
 def _kernel_layer(cell, reverse, bf16=False):
     run = mosaic.sequence(cell, bf16=bf16, interpret=True)
     return lambda p, x, c: run(p, cell.project(p, x), c, reverse=reverse)
-
-
-def _scan_layer(cell, reverse):
-    def layer(p, x, c):  # reverse = the forward run of the flipped sequence, flipped back
-        final, hs = jrnn.unroll(cell, p, x[::-1] if reverse else x, c, method="scan")
-        return final, (hs[::-1] if reverse else hs)
-    return layer
 
 
 # (kind, activation, H, B, T, reverse): one padded chunk and block each, and a GRU with two
@@ -50,14 +43,14 @@ CASES = [("elman", "tanh", 40, 20, 4, False), ("lstm", None, 40, 20, 3, True),
 @pytest.mark.parametrize("kind,act,H,B,T,reverse", CASES)
 def test_interpreted_kernels_equal_the_scan(kind, act, H, B, T, reverse):
     cell, params, xs, carry, w = _setup(kind, H, B, T, act=act)
-    assert_kernel_equals_scan(_kernel_layer(cell, reverse), _scan_layer(cell, reverse), params,
+    assert_kernel_equals_scan(_kernel_layer(cell, reverse), scan_layer(cell, reverse), params,
                               xs, carry, w)
 
 
 def test_interpreted_bf16_matmuls_stay_close_to_float32():
     cell, params, xs, carry, _ = _setup("elman", 40, 20, 4, act="tanh")
     _, low = _kernel_layer(cell, False, bf16=True)(params, xs, carry)
-    _, exact = _scan_layer(cell, False)(params, xs, carry)
+    _, exact = scan_layer(cell, False)(params, xs, carry)
     assert low.dtype == jnp.float32  # state and outputs stay float32
     err = float(jnp.max(jnp.abs(low - exact)))
     assert 0 < err < 3e-2  # bfloat16 operands: different, but close

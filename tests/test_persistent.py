@@ -25,7 +25,7 @@ from jax import export as jax_export
 import jrnn
 from jrnn.core import persistent
 from jrnn.core.pallas import Fallback
-from tests.helpers import assert_kernel_equals_scan, kernel_case
+from tests.helpers import assert_kernel_equals_scan, kernel_case, scan_layer
 
 
 _setup = kernel_case
@@ -34,13 +34,6 @@ _setup = kernel_case
 def _kernel_layer(cell, reverse, blocks, bf16=False):
     run = persistent.sequence(cell, bf16=bf16, interpret=True, blocks=blocks)
     return lambda p, x, c: run(p, cell.project(p, x), c, reverse=reverse)
-
-
-def _scan_layer(cell, reverse):
-    def layer(p, x, c):  # reverse = the forward run of the flipped sequence, flipped back
-        final, hs = jrnn.unroll(cell, p, x[::-1] if reverse else x, c, method="scan")
-        return final, (hs[::-1] if reverse else hs)
-    return layer
 
 
 # (kind, H, B, T, reverse, blocks): several blocks a batch group (per-step launches): Elman
@@ -54,14 +47,14 @@ CASES = [("elman", 128, 20, 2, False, 2), ("lstm", 32, 20, 2, True, 4),
 @pytest.mark.parametrize("kind,H,B,T,reverse,blocks", CASES)
 def test_interpreted_kernels_equal_the_scan(kind, H, B, T, reverse, blocks):
     cell, params, xs, carry, w = _setup(kind, H, B, T)
-    assert_kernel_equals_scan(_kernel_layer(cell, reverse, blocks), _scan_layer(cell, reverse),
+    assert_kernel_equals_scan(_kernel_layer(cell, reverse, blocks), scan_layer(cell, reverse),
                               params, xs, carry, w)
 
 
 def test_interpreted_bf16_operands_stay_close():
     cell, params, xs, carry, _ = _setup("elman", 64, 20, 2)
     _, low = _kernel_layer(cell, False, 2, bf16=True)(params, xs, carry)
-    _, exact = _scan_layer(cell, False)(params, xs, carry)
+    _, exact = scan_layer(cell, False)(params, xs, carry)
     err = float(jnp.max(jnp.abs(low - exact)))
     assert low.dtype == jnp.float32 and 0 < err < 3e-2  # bf16 operands: close, not equal
 
