@@ -31,6 +31,7 @@ of 29,910 in ``benchmarks/RESULTS.md``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -45,16 +46,29 @@ import numpy as np  # noqa: E402
 from jrnn.data import DataError, batchify, bptt_windows, load_corpus  # noqa: E402
 
 
-def float32_output(model):
-    """The model with a float32 output layer, as evaluation scores (jrnn.make_eval_step)."""
-    if getattr(model.config, "output_precision", "float32") == "float32":
-        return model
-    return model._replace(config=model.config.replace(output_precision="float32"))
-
-
 def tile_carry(carry, batch_size: int):
     """A batch-1 carry repeated for ``batch_size`` rows."""
     return jax.tree_util.tree_map(lambda a: jnp.repeat(a, batch_size, axis=0), carry)
+
+
+def _window(model, params, carry, x, y):
+    """One window: ``(carry, nll summed over time [B], h summed [B, H], h^2 summed [B, H])``.
+
+    The output layer runs in float32 here, as evaluation's (jrnn.make_eval_step)."""
+    h, (W, b), carry = model.features(params, x, carry)
+    logits = h.astype(jnp.float32) @ W.astype(jnp.float32) + b.astype(jnp.float32)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[..., None], -1)[..., 0]
+    return carry, jnp.sum(nll, 1), jnp.sum(h, 1), jnp.sum(h * h, 1)
+
+
+_JITTED: dict = {}  # id(model) -> (model, jitted window): one compilation per model and shape
+
+
+def _jitted_window(model):
+    hit = _JITTED.get(id(model))
+    if hit is None or hit[0] is not model:
+        hit = _JITTED[id(model)] = (model, jax.jit(functools.partial(_window, model)))
+    return hit[1]
 
 
 def stream_scores(model, params, streams: np.ndarray, *, bptt: int = 35, carry=None) -> dict:
@@ -65,22 +79,14 @@ def stream_scores(model, params, streams: np.ndarray, *, bptt: int = 35, carry=N
     "tokens": N - 1}``; ``h_std`` is the standard deviation of the top layer's
     ``h_t`` over steps, averaged over units.
     """
-    model = float32_output(model)
+    window = _jitted_window(model)
     B = streams.shape[0]
-
-    @jax.jit
-    def window(carry, x, y):
-        h, (W, b), carry = model.features(params, x, carry)
-        logits = h.astype(jnp.float32) @ W.astype(jnp.float32) + b
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[..., None], -1)[..., 0]
-        return carry, jnp.sum(nll, 1), jnp.sum(h, 1), jnp.sum(h * h, 1)
-
     carry = model.initial_carry(B) if carry is None else carry
     total = np.zeros(B)
     s1 = s2 = 0.0
     count = 0
     for x, y in bptt_windows(streams, bptt):
-        carry, nll, h1, h2 = window(carry, jnp.asarray(x), jnp.asarray(y))
+        carry, nll, h1, h2 = window(params, carry, jnp.asarray(x), jnp.asarray(y))
         total += np.asarray(nll, np.float64)
         s1 = s1 + np.asarray(h1, np.float64)
         s2 = s2 + np.asarray(h2, np.float64)
@@ -91,7 +97,6 @@ def stream_scores(model, params, streams: np.ndarray, *, bptt: int = 35, carry=N
 
 def warm_carry(model, params, ids: np.ndarray, warmup: int):
     """The carry after ``ids[:warmup]`` (one row), from the zero carry."""
-    model = float32_output(model)
     if warmup < 1:
         return model.initial_carry(1)
     _, carry = model.apply(params, jnp.asarray(ids[:warmup], jnp.int32)[None],
