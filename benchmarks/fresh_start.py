@@ -17,7 +17,8 @@ out, for one checkpoint:
   tokens of every stream: which (word, stream) pairs the model, from the
   zero carry, scores above ``--threshold`` nats a token.
 
-It prints a table and writes the figures as JSON (``--json``).  Example: the
+It prints a table and writes the figures as JSON (``--json``); the functions
+it runs are :mod:`jrnn.analysis.streams`, for any jrnn model from Python.  Example: the
 2-layer sLSTM after its first epoch of ``slstm-ptb`` (the validation perplexity
 of 29,910 in ``benchmarks/RESULTS.md``)::
 
@@ -31,7 +32,6 @@ of 29,910 in ``benchmarks/RESULTS.md``)::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
@@ -39,88 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jrnn.data import DataError, batchify, bptt_windows, load_corpus  # noqa: E402
-
-
-def tile_carry(carry, batch_size: int):
-    """A batch-1 carry repeated for ``batch_size`` rows."""
-    return jax.tree_util.tree_map(lambda a: jnp.repeat(a, batch_size, axis=0), carry)
-
-
-def _window(model, params, carry, x, y):
-    """One window: ``(carry, nll summed over time [B], h summed [B, H], h^2 summed [B, H])``.
-
-    The output layer runs in float32 here, as evaluation's (jrnn.make_eval_step)."""
-    h, (W, b), carry = model.features(params, x, carry)
-    logits = h.astype(jnp.float32) @ W.astype(jnp.float32) + b.astype(jnp.float32)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[..., None], -1)[..., 0]
-    return carry, jnp.sum(nll, 1), jnp.sum(h, 1), jnp.sum(h * h, 1)
-
-
-_JITTED: dict = {}  # id(model) -> (model, jitted window): one compilation per model and shape
-
-
-def _jitted_window(model):
-    hit = _JITTED.get(id(model))
-    if hit is None or hit[0] is not model:
-        hit = _JITTED[id(model)] = (model, jax.jit(functools.partial(_window, model)))
-    return hit[1]
-
-
-def stream_scores(model, params, streams: np.ndarray, *, bptt: int = 35, carry=None) -> dict:
-    """Per stream of ``streams: int[B, N]``: mean loss (nats a token) and the top layer's variation.
-
-    Runs the streams window by window as evaluation does, from ``carry``
-    (default: the zero carry).  Returns ``{"nll": float[B], "h_std": float[B],
-    "tokens": N - 1}``; ``h_std`` is the standard deviation of the top layer's
-    ``h_t`` over steps, averaged over units.
-    """
-    window = _jitted_window(model)
-    B = streams.shape[0]
-    carry = model.initial_carry(B) if carry is None else carry
-    total = np.zeros(B)
-    s1 = s2 = 0.0
-    count = 0
-    for x, y in bptt_windows(streams, bptt):
-        carry, nll, h1, h2 = window(params, carry, jnp.asarray(x), jnp.asarray(y))
-        total += np.asarray(nll, np.float64)
-        s1 = s1 + np.asarray(h1, np.float64)
-        s2 = s2 + np.asarray(h2, np.float64)
-        count += x.shape[1]
-    var = np.maximum(s2 / count - (s1 / count) ** 2, 0.0)
-    return {"nll": total / count, "h_std": np.sqrt(var).mean(-1), "tokens": count}
-
-
-def warm_carry(model, params, ids: np.ndarray, warmup: int):
-    """The carry after ``ids[:warmup]`` (one row), from the zero carry."""
-    if warmup < 1:
-        return model.initial_carry(1)
-    _, carry = model.apply(params, jnp.asarray(ids[:warmup], jnp.int32)[None],
-                           model.initial_carry(1))
-    return carry
-
-
-def first_word_locks(model, params, continuation: np.ndarray, words, *, threshold: float,
-                     bptt: int = 35, rows: int = 100) -> list:
-    """The first words after which the zero carry scores ``continuation`` above ``threshold``.
-
-    Each word is put before ``continuation`` and the row is scored from the
-    zero carry, ``rows`` words at a time.  Returns ``[(word_id, nll)]`` for
-    the words above ``threshold`` (nats a token over the row's predictions).
-    """
-    words = np.asarray(words, np.int32)
-    locked = []
-    for start in range(0, len(words), rows):
-        chunk = words[start : start + rows]
-        batch = np.concatenate([chunk[:, None], np.broadcast_to(continuation, (len(chunk),
-                                                                                len(continuation)))], 1)
-        nll = stream_scores(model, params, batch, bptt=bptt)["nll"]
-        locked += [(int(w), float(v)) for w, v in zip(chunk, nll) if v > threshold]
-    return locked
+from jrnn.analysis.streams import (first_word_locks, stream_scores, tile_carry,  # noqa: E402
+                                   warm_carry)
+from jrnn.data import DataError, batchify, load_corpus  # noqa: E402
 
 
 def main(argv=None) -> int:

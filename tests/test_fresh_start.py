@@ -1,4 +1,4 @@
-"""benchmarks/fresh_start.py: per-stream scores from the zero and a warm carry, and first-word locks."""
+"""jrnn.analysis.streams and benchmarks/fresh_start.py: per-stream scores, zero and warm carry, locks."""
 
 import json
 import math
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jrnn
+from jrnn.analysis import streams as per_stream
 from jrnn.cli import main as cli
 from jrnn.training.loop import evaluate
 from tests.helpers import load_benchmark
@@ -39,7 +40,7 @@ def test_the_zero_carry_score_is_what_evaluation_reports():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 5, 203)
     streams = jrnn.data.batchify(ids, 4)
-    got = fresh.stream_scores(model, params, streams, bptt=7)
+    got = per_stream.stream_scores(model, params, streams, bptt=7)
     ppl, n = evaluate(model, params, ids, batch_size=4, bptt=7)
     assert got["tokens"] * 4 == n
     np.testing.assert_allclose(np.mean(got["nll"]), math.log(ppl), rtol=1e-5)
@@ -50,23 +51,23 @@ def test_the_zero_carry_score_is_what_evaluation_reports():
 def test_a_latched_first_word_is_found_and_a_warm_carry_escapes_it():
     model, params = _latch_model()
     cont = np.full(30, 2, np.int32)
-    locks = fresh.first_word_locks(model, params, cont, [0, 1, 2, 3, 4], threshold=10.0, rows=2)
+    locks = per_stream.first_word_locks(model, params, cont, [0, 1, 2, 3, 4], threshold=10.0, rows=2)
     assert [w for w, _ in locks] == [0]
     assert locks[0][1] > 25.0
     # A stream starting with word 0 latches from the zero carry; from a carry already latched
     # at -1 (set by hand: no word pushes there), word 0's push of 3 cannot flip it.
     streams = np.stack([np.concatenate([[0], cont]), np.concatenate([[3], cont])])
-    cold = fresh.stream_scores(model, params, streams, bptt=8)
+    cold = per_stream.stream_scores(model, params, streams, bptt=8)
     assert cold["nll"][0] > 25.0 and cold["nll"][1] < 2.0
     warm = [jnp.stack([jnp.array([-1.0, 0.0])] * 2)]
-    assert fresh.stream_scores(model, params, streams, bptt=8, carry=warm)["nll"][0] < 2.0
+    assert per_stream.stream_scores(model, params, streams, bptt=8, carry=warm)["nll"][0] < 2.0
 
 
 def test_the_warm_carry_with_no_warmup_is_the_zero_carry():
     model, params = _latch_model()
-    c = fresh.warm_carry(model, params, np.array([0, 1, 2]), 0)
+    c = per_stream.warm_carry(model, params, np.array([0, 1, 2]), 0)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a: not a.any(), c))
-    tiled = fresh.tile_carry(fresh.warm_carry(model, params, np.array([0, 1, 2]), 3), 4)
+    tiled = per_stream.tile_carry(per_stream.warm_carry(model, params, np.array([0, 1, 2]), 3), 4)
     assert tiled[0].shape == (4, 2) and float(tiled[0][0, 0]) > 0.99
 
 
